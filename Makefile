@@ -1,0 +1,68 @@
+# OpenLLM — set up, train, test, benchmark.
+#   make install      virtualenv in .venv with torch (CPU wheel when no GPU) and openllm[dev]
+#   make quickstart   tokenizer → pretrain → eval → model card, offline, on a CPU
+#   make test         the test suite (fast, CPU)
+#   make test-compat  the transformers-4.57 / ONNX environment's tests (after `make install-compat`)
+#   make bench        benchmarks; writes tables into README.md
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_COMPAT ?= .venv-compat
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+export PYTHONPATH := src
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install install-compat quickstart test test-compat slow_test bench style quality clean
+
+# torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+define install_torch
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(1)/bin/pip install "torch==$(TORCH_VERSION)"; \
+	else \
+		$(1)/bin/pip install --retries 0 "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CPU_INDEX); \
+	fi
+endef
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python
+	$(call install_torch,$(VENV))
+	$(BIN)/pip install -e ".[dev]"
+
+$(VENV_COMPAT)/bin/python:
+	$(PYTHON) -m venv $(VENV_COMPAT)
+	$(VENV_COMPAT)/bin/pip install --upgrade pip
+
+# optimum-onnx supports only transformers<4.58, so the ONNX path lives in its own environment.
+install-compat: $(VENV_COMPAT)/bin/python
+	$(call install_torch,$(VENV_COMPAT))
+	$(VENV_COMPAT)/bin/pip install -e ".[onnx,test]" "transformers==4.57.6"
+
+quickstart: install
+	$(BIN)/openllm quickstart
+
+test:
+	$(BIN)/python -m pytest -m "not slow and not compat457" -q
+
+test-compat:
+	$(VENV_COMPAT)/bin/python -m pytest -m "compat457" -q -p no:cacheprovider
+
+slow_test:
+	$(BIN)/python -m pytest -m slow -q
+
+bench:
+	$(BIN)/python benchmarks/run.py --write-readme
+
+style:
+	$(BIN)/ruff format src tests recipes benchmarks
+	$(BIN)/ruff check --fix src tests recipes benchmarks
+
+quality:
+	$(BIN)/ruff check src tests recipes benchmarks
+
+clean:
+	rm -rf $(VENV) $(VENV_COMPAT) build *.egg-info .pytest_cache

@@ -1,0 +1,177 @@
+"""OpenLLM configuration: a Llama-style decoder whose MLP layers can be Mixture-of-Experts layers.
+
+This file and `modeling_openllm.py` import only torch and transformers, so `save_pretrained` can copy them into
+a checkpoint and anyone can load it with `trust_remote_code=True`, without installing `openllm`.
+"""
+
+from transformers import PretrainedConfig
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+class OpenLLMConfig(PretrainedConfig):
+    r"""
+    Configuration of an OpenLLM model. Field names follow transformers' Llama/Mixtral/Qwen3-MoE configs so that
+    PEFT, accelerate, optimum and inference engines find them.
+
+    Args:
+        vocab_size (`int`, defaults to 32000): size of the token vocabulary.
+        hidden_size (`int`, defaults to 384): width of the residual stream.
+        intermediate_size (`int`, defaults to 1024): width of the SwiGLU MLP of dense layers.
+        num_hidden_layers (`int`, defaults to 8): number of decoder layers.
+        num_attention_heads (`int`, defaults to 6): number of query heads.
+        num_key_value_heads (`int`, *optional*): number of key/value heads (grouped-query attention); defaults to
+            `num_attention_heads`. Must divide `num_attention_heads`.
+        head_dim (`int`, *optional*): width of one head; defaults to `hidden_size // num_attention_heads`.
+        hidden_act (`str`, defaults to `"silu"`): activation of the gated MLP.
+        max_position_embeddings (`int`, defaults to 2048): longest sequence the model is meant for.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of every weight matrix.
+        scale_residual_init (`bool`, defaults to `True`): divide the init std of the projections that write into the
+            residual stream (`o_proj`, `down_proj`) by `sqrt(2 * num_hidden_layers)` (GPT-2), so the residual
+            stream's variance does not grow with depth.
+        rms_norm_eps (`float`, defaults to 1e-5): epsilon of RMSNorm.
+        use_cache (`bool`, defaults to `True`): return key/value caches for generation.
+        tie_word_embeddings (`bool`, defaults to `True`): share the input embedding and the LM head.
+        rope_theta (`float`, defaults to 10000.0): base of the rotary frequencies.
+        rope_parameters (`dict`, *optional*): rotary scaling, `{"rope_type": "default" | "linear" | "llama3", ...}`
+            with `factor` (linear, llama3) and `low_freq_factor`, `high_freq_factor`,
+            `original_max_position_embeddings` (llama3). `rope_scaling` is accepted as an alias.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        num_experts (`int`, defaults to 0): experts per MoE layer; 0 makes every layer dense.
+        num_experts_per_tok (`int`, defaults to 2): experts each token is routed to.
+        moe_intermediate_size (`int`, *optional*): width of each expert's MLP; defaults to `intermediate_size`.
+        decoder_sparse_step (`int`, defaults to 1): every `decoder_sparse_step`-th layer is an MoE layer.
+        mlp_only_layers (`list[int]`, *optional*): indices of layers that stay dense in an MoE model.
+        norm_topk_prob (`bool`, defaults to `True`): renormalise the top-k routing weights to sum to one.
+        router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss in the training loss.
+        router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss (ST-MoE) in the training loss.
+        output_router_logits (`bool`, defaults to `False`): return every MoE layer's router logits.
+    """
+
+    model_type = "openllm"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
+
+    def __init__(
+        self,
+        vocab_size=32000,
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=6,
+        num_key_value_heads=None,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        initializer_range=0.02,
+        scale_residual_init=True,
+        rms_norm_eps=1e-5,
+        use_cache=True,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        rope_parameters=None,
+        attention_dropout=0.0,
+        num_experts=0,
+        num_experts_per_tok=2,
+        moe_intermediate_size=None,
+        decoder_sparse_step=1,
+        mlp_only_layers=None,
+        norm_topk_prob=True,
+        router_aux_loss_coef=0.01,
+        router_z_loss_coef=0.001,
+        output_router_logits=False,
+        pad_token_id=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = hidden_size // num_attention_heads if head_dim is None else head_dim
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.scale_residual_init = scale_residual_init
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self.rope_theta = float(rope_theta)
+        rope = dict(rope_parameters or kwargs.pop("rope_scaling", None) or {})
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+        rope["rope_theta"] = self.rope_theta
+        self.rope_parameters = rope
+        self.attention_dropout = attention_dropout
+        self.num_experts = num_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.moe_intermediate_size = intermediate_size if moe_intermediate_size is None else moe_intermediate_size
+        self.decoder_sparse_step = decoder_sparse_step
+        self.mlp_only_layers = [] if mlp_only_layers is None else list(mlp_only_layers)
+        self.norm_topk_prob = norm_topk_prob
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.router_z_loss_coef = router_z_loss_coef
+        self.output_router_logits = output_router_logits
+        self._validate()
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    def _validate(self):
+        def fail(msg):
+            raise ValueError(f"Invalid OpenLLMConfig: {msg}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                fail(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            fail(f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of `num_key_value_heads` "
+                 f"({self.num_key_value_heads}) for grouped-query attention.")
+        if self.head_dim % 2:
+            fail(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
+        rope_type = self.rope_parameters["rope_type"]
+        if rope_type not in ROPE_TYPES:
+            fail(f"`rope_parameters['rope_type']` must be one of {ROPE_TYPES}, got {rope_type!r}.")
+        if rope_type != "default" and "factor" not in self.rope_parameters:
+            fail(f"rope_type {rope_type!r} needs a `factor` in `rope_parameters`.")
+        if self.num_experts < 0:
+            fail(f"`num_experts` must be >= 0 (0 means dense), got {self.num_experts}.")
+        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            fail(f"`num_experts_per_tok` must be between 1 and `num_experts` ({self.num_experts}), "
+                 f"got {self.num_experts_per_tok}.")
+        if self.decoder_sparse_step < 1:
+            fail(f"`decoder_sparse_step` must be >= 1, got {self.decoder_sparse_step}.")
+        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            fail(f"`mlp_only_layers` has indices outside [0, {self.num_hidden_layers}): {bad}.")
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Whether decoder layer `layer_idx` uses a Mixture-of-Experts MLP (Qwen3-MoE's convention)."""
+        return (
+            self.num_experts > 0
+            and layer_idx not in self.mlp_only_layers
+            and (layer_idx + 1) % self.decoder_sparse_step == 0
+        )
+
+
+__all__ = ["OpenLLMConfig"]

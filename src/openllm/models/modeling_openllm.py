@@ -1,0 +1,646 @@
+"""OpenLLM: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) with optional Mixture-of-Experts
+layers in the Mixtral/Qwen3-MoE layout.
+
+The file reads top to bottom like the paper: compatibility shims → RMSNorm → rotary embedding → MLP → router and
+experts → attention → decoder layer → pretrained base → model → heads. It imports only torch, transformers and
+`configuration_openllm`, so checkpoints carry it and load with `trust_remote_code=True` on transformers 4.57 and 5.x.
+"""
+
+import inspect
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    MoeCausalLMOutputWithPast,
+    MoeModelOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .configuration_openllm import OpenLLMConfig
+
+try:  # transformers >= 5: init helpers that leave already-loaded tensors alone
+    from transformers import initialization as init
+except ImportError:  # transformers 4.57 marks loaded modules itself
+    from torch.nn import init
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The few places where transformers 4.57 and 5.x differ
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MASK_PARAMS = inspect.signature(create_causal_mask).parameters
+
+
+def _causal_mask(config, inputs_embeds, attention_mask, cache_position, past_key_values, position_ids):
+    if "input_embeds" in _MASK_PARAMS:  # 4.57
+        return create_causal_mask(
+            config=config, input_embeds=inputs_embeds, attention_mask=attention_mask,
+            cache_position=cache_position, past_key_values=past_key_values, position_ids=position_ids,
+        )
+    return create_causal_mask(
+        config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+        past_key_values=past_key_values, position_ids=position_ids,
+    )
+
+
+def _attention_function(implementation: Optional[str]) -> Callable:
+    if implementation in (None, "eager"):
+        return eager_attention_forward
+    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # 5.x
+        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return ALL_ATTENTION_FUNCTIONS[implementation]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class OpenLLMRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        # the mean of squares is taken in fp32: in bf16 it loses most of its mantissa
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def rope_inverse_frequencies(config: OpenLLMConfig) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding, with `linear` or `llama3` scaling as the config asks."""
+    dim, rope = config.head_dim, config.rope_parameters
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if rope["rope_type"] == "linear":
+        return inv_freq / rope["factor"]
+    if rope["rope_type"] == "llama3":
+        factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+        old_len = rope.get("original_max_position_embeddings", config.max_position_embeddings)
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+class OpenLLMRotaryEmbedding(nn.Module):
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # angles in fp32: bf16 positions above 256 are no longer integers
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, head_dim)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+class OpenLLMMLP(nn.Module):
+    """SwiGLU feed-forward: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: OpenLLMConfig, intermediate_size: Optional[int] = None):
+        super().__init__()
+        intermediate_size = intermediate_size or config.intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, config.hidden_size, bias=False)
+        self.down_proj.writes_residual = True
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class OpenLLMTopKRouter(nn.Module):
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+
+    def forward(self, hidden_states: torch.Tensor):
+        router_logits = F.linear(hidden_states, self.weight)  # (N, E)
+        # routing decisions in fp32: bf16 ties flip which experts win
+        probs = F.softmax(router_logits.float(), dim=-1)
+        top_weights, top_index = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
+        if self.norm_topk_prob:
+            top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
+        return router_logits, top_weights.to(hidden_states.dtype), top_index
+
+
+class OpenLLMExperts(nn.Module):
+    """All experts of one layer as fused 3-D weights: `gate_up_proj` (E, 2I, H) and `down_proj` (E, H, I)."""
+
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * config.moe_intermediate_size,
+                                                     config.hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size,
+                                                  config.moe_intermediate_size))
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)  # (E, k, N)
+            experts_hit = (expert_mask.sum(dim=(-1, -2)) > 0).nonzero().flatten().tolist()
+        for e in experts_hit:
+            slot, token = torch.where(expert_mask[e])
+            gate, up = F.linear(hidden_states[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(self.act_fn(gate) * up, self.down_proj[e]) * top_k_weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+class OpenLLMSparseMoeBlock(nn.Module):
+    """Top-k routed experts. Counts the tokens each expert receives, for utilisation logging."""
+
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__()
+        self.gate = OpenLLMTopKRouter(config)
+        self.experts = OpenLLMExperts(config)
+        self.expert_counts = None  # a plain attribute, not a buffer: not saved, not synchronised by DDP
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, seq, hidden = hidden_states.shape
+        flat = hidden_states.reshape(-1, hidden)
+        router_logits, top_k_weights, top_k_index = self.gate(flat)
+        if not torch.compiler.is_compiling():
+            counts = torch.bincount(top_k_index.flatten(), minlength=self.experts.num_experts).detach()
+            self.expert_counts = counts if self.expert_counts is None else self.expert_counts + counts
+        out = self.experts(flat, top_k_index, top_k_weights)
+        return out.reshape(batch, seq, hidden), router_logits
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, kv_heads, T, D) → (B, kv_heads * n_rep, T, D)."""
+    batch, kv_heads, seq, dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, seq, dim)
+    return hidden_states.reshape(batch, kv_heads * n_rep, seq, dim)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask[:, :, :, : key.shape[-2]]
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, H, D)
+    return attn_output, attn_weights
+
+
+class OpenLLMAttention(nn.Module):
+    """Grouped-query attention; the kernel comes from transformers' attention-function registry."""
+
+    def __init__(self, config: OpenLLMConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj.writes_residual = True
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
+                cache_position=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, D)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
+
+        attention = _attention_function(self.config._attn_implementation)
+        attn_output, attn_weights = attention(
+            self, query, key, value, attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+
+class OpenLLMDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: OpenLLMConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = OpenLLMAttention(config, layer_idx)
+        self.is_moe = config.is_moe_layer(layer_idx)
+        self.mlp = OpenLLMSparseMoeBlock(config) if self.is_moe else OpenLLMMLP(config)
+        self.input_layernorm = OpenLLMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = OpenLLMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
+                cache_position=None, **kwargs):
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask,
+            past_key_values=past_key_values, cache_position=cache_position, **kwargs,
+        )
+        hidden_states = residual + hidden_states
+
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        router_logits = None
+        if self.is_moe:
+            hidden_states, router_logits = self.mlp(hidden_states)
+        else:
+            hidden_states = self.mlp(hidden_states)
+        return residual + hidden_states, attn_weights, router_logits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Router losses
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _token_mask(router_logits: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Flattened (N,) mask of real tokens, or None if every token counts."""
+    if attention_mask is None or attention_mask.dim() != 2 or attention_mask.numel() != router_logits.shape[0]:
+        return None
+    return attention_mask.reshape(-1).to(router_logits.device, torch.float32)
+
+
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int, attention_mask=None) -> torch.Tensor:
+    """Switch-Transformer auxiliary loss for one layer: `E * sum_e f_e * P_e`, equal to `top_k` when balanced.
+
+    `f_e` is the fraction of routing slots sent to expert e and `P_e` its mean router probability.
+    """
+    num_experts = router_logits.shape[-1]
+    probs = F.softmax(router_logits.float(), dim=-1)  # (N, E)
+    chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices, num_experts).sum(1).float()  # (N, E)
+    mask = _token_mask(router_logits, attention_mask)
+    if mask is None:
+        fraction, mean_prob = chosen.mean(0), probs.mean(0)
+    else:
+        denom = mask.sum().clamp(min=1)
+        fraction = (chosen * mask[:, None]).sum(0) / denom
+        mean_prob = (probs * mask[:, None]).sum(0) / denom
+    return num_experts * (fraction * mean_prob).sum()
+
+
+def router_z_loss(router_logits: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """ST-MoE z-loss for one layer: mean of logsumexp(logits)^2, which keeps router logits small and stable."""
+    z = torch.logsumexp(router_logits.float(), dim=-1).pow(2)
+    mask = _token_mask(router_logits, attention_mask)
+    return z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp(min=1)
+
+
+def expert_load(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Fraction of one layer's routing slots that each expert received, shape (E,), summing to 1."""
+    index = torch.topk(router_logits, top_k, dim=-1).indices
+    return torch.bincount(index.flatten(), minlength=router_logits.shape[-1]).float() / index.numel()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class OpenLLMPreTrainedModel(PreTrainedModel):
+    config_class = OpenLLMConfig
+    config: OpenLLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["OpenLLMDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _supports_cache_class = True
+    _supports_static_cache = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Normal(0, initializer_range) for every matrix, ones for norms; residual-stream writers (o_proj,
+        down_proj, experts' down_proj) get std / sqrt(2 * num_hidden_layers) when `scale_residual_init` is set."""
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers) if self.config.scale_residual_init else std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=residual_std if getattr(module, "writes_residual", 0) else std)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                if not getattr(module.weight, "_is_hf_initialized", False):
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, OpenLLMRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, OpenLLMTopKRouter):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, OpenLLMExperts):
+            init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=residual_std)
+        elif isinstance(module, OpenLLMRotaryEmbedding):
+            # non-persistent, so never loaded; transformers 5 creates it on the meta device
+            module.inv_freq = rope_inverse_frequencies(module.config).to(module.inv_freq.device)
+
+    def get_expert_load(self, reset: bool = True) -> dict[int, torch.Tensor]:
+        """Fraction of routed tokens each expert received per MoE layer since the last reset: {layer: (E,)}."""
+        load = {}
+        for idx, layer in enumerate(self.base_model.layers):
+            if layer.is_moe and layer.mlp.expert_counts is not None:
+                counts = layer.mlp.expert_counts.float()
+                load[idx] = counts / counts.sum().clamp(min=1)
+                if reset:
+                    layer.mlp.expert_counts = None
+        return load
+
+
+class OpenLLMModel(OpenLLMPreTrainedModel):
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(OpenLLMDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = OpenLLMRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = OpenLLMRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_router_logits: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        seq_len = inputs_embeds.shape[1]
+        cache_position = kwargs.pop("cache_position", None)
+        if cache_position is None:
+            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache_position = torch.arange(past_seen, past_seen + seq_len, device=inputs_embeds.device)
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                # positions count real tokens only, so a left-padded row matches the same text unpadded
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
+            else:
+                position_ids = cache_position.unsqueeze(0)
+
+        causal_mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache_position, past_key_values,
+                                   position_ids)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+
+        all_hidden_states, all_attentions, all_router_logits = (), (), ()
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights, router_logits = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                cache_position=cache_position,
+                **kwargs,
+            )
+            if output_attentions:
+                all_attentions += (attn_weights,)
+            if router_logits is not None:
+                all_router_logits += (router_logits,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        output = MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states or None,
+            attentions=all_attentions or None,
+            router_logits=all_router_logits or None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_rep"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__(config)
+        self.model = OpenLLMModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_router_logits: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): token ids to predict, shifted inside the
+            loss; -100 marks positions to ignore.
+        logits_to_keep (`int` or `torch.Tensor`): compute logits for the last `logits_to_keep` positions only (0
+            keeps all); generation keeps 1, which saves the (seq × vocab) projection.
+
+        In training mode the loss of an MoE model includes `router_aux_loss_coef * aux_loss +
+        router_z_loss_coef * z_loss`; in eval mode it is the language-modelling loss alone, so perplexity stays
+        comparable with dense models. `aux_loss` is always returned for MoE models.
+        """
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = aux_loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch)
+        if outputs.router_logits:
+            k = self.config.num_experts_per_tok
+            aux_loss = torch.stack([load_balancing_loss(r, k, attention_mask) for r in outputs.router_logits]).mean()
+            if loss is not None and self.training:
+                z_loss = torch.stack([router_z_loss(r, attention_mask) for r in outputs.router_logits]).mean()
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+                loss = loss + self.config.router_z_loss_coef * z_loss.to(loss.device)
+
+        output = MoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class OpenLLMForSequenceClassification(OpenLLMPreTrainedModel):
+    """Decoder plus a linear `score` head read at each sequence's last non-pad token (the reward-model head)."""
+
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = OpenLLMModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             return_dict=True, **kwargs)
+        logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
+        batch = logits.shape[0]
+        if attention_mask is not None and attention_mask.dim() == 2:
+            # rightmost real token, whichever side was padded
+            positions = torch.arange(attention_mask.shape[-1], device=logits.device)
+            last = (positions * attention_mask.to(logits.device).long()).argmax(-1)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            positions = torch.arange(input_ids.shape[-1], device=logits.device)
+            last = (positions * (input_ids != self.config.pad_token_id).to(logits.device).long()).argmax(-1)
+        elif batch == 1:
+            last = torch.tensor([logits.shape[1] - 1], device=logits.device)
+        else:
+            raise ValueError("Batches of more than one sequence need an `attention_mask` or a `pad_token_id` in the "
+                             "config to find each sequence's last token.")
+        pooled_logits = logits[torch.arange(batch, device=logits.device), last]
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        output = SequenceClassifierOutputWithPast(
+            loss=loss, logits=pooled_logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "OpenLLMPreTrainedModel",
+    "OpenLLMModel",
+    "OpenLLMForCausalLM",
+    "OpenLLMForSequenceClassification",
+    "load_balancing_loss",
+    "router_z_loss",
+    "expert_load",
+]
