@@ -2,7 +2,7 @@
 #   make install      virtualenv in .venv with torch (CPU wheel when no GPU) and openllm[dev]
 #   make quickstart   tokenizer → pretrain → eval → model card, offline, on a CPU
 #   make test         the test suite (fast, CPU)
-#   make test-compat  the transformers-4.57 / ONNX environment's tests (after `make install-compat`)
+#   make test-compat  model + export tests on transformers 4.57 with ONNX (after `make install-compat`)
 #   make bench        benchmarks; writes tables into README.md
 
 PYTHON ?= python3
@@ -40,16 +40,17 @@ $(VENV_COMPAT)/bin/python:
 # optimum-onnx supports only transformers<4.58, so the ONNX path lives in its own environment.
 install-compat: $(VENV_COMPAT)/bin/python
 	$(call install_torch,$(VENV_COMPAT))
-	$(VENV_COMPAT)/bin/pip install -e ".[onnx,test]" "transformers==4.57.6"
+	$(VENV_COMPAT)/bin/pip install -e ".[onnx,gguf,test]" "transformers==4.57.6"
 
 quickstart: install
 	$(BIN)/openllm quickstart
 
 test:
-	$(BIN)/python -m pytest -m "not slow and not compat457" -q
+	$(BIN)/python -m pytest -m "not slow and not onnx" -q
 
+# the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
 test-compat:
-	$(VENV_COMPAT)/bin/python -m pytest -m "compat457" -q -p no:cacheprovider
+	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export -m "not slow" -q -p no:cacheprovider
 
 slow_test:
 	$(BIN)/python -m pytest -m slow -q
