@@ -343,3 +343,18 @@ def test_bf16_autocast_forward_close_to_fp32(ids):
         logits = model(ids).logits
     assert logits.dtype == torch.bfloat16
     assert (logits.float() - reference).abs().max().item() < 0.05
+
+
+@pytest.mark.skipif(not hasattr(OpenLLMForCausalLM, "generate_batch"), reason="continuous batching is new in 5.x")
+def test_continuous_batching_matches_generate():
+    from transformers import GenerationConfig
+
+    model = make_model(tiny_config(), "sdpa")
+    prompts = [torch.randint(3, VOCAB, (n,)).tolist() for n in (5, 9, 3)]
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    outputs = sorted(results.values(), key=lambda r: int(r.request_id.split("_")[-1]))
+    for prompt, result in zip(prompts, outputs):
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                  eos_token_id=None)[0, len(prompt):]
+        assert result.generated_tokens == expected.tolist()
