@@ -164,6 +164,8 @@ def plot_reliability_diagram(bins: list[dict], path, title: str = "Next-token ca
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    total = sum(b["count"] for b in bins)
+    ece = sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
     width = bins[0]["upper"] - bins[0]["lower"]
     lowers = [b["lower"] for b in bins]
     accuracies = [b["accuracy"] or 0.0 for b in bins]
@@ -173,7 +175,7 @@ def plot_reliability_diagram(bins: list[dict], path, title: str = "Next-token ca
     top.bar(lowers, gaps, bottom=accuracies, width=width, align="edge", color="tab:red", alpha=0.3,
             label="gap to confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    top.set(ylabel="top-1 accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    top.set(ylabel="top-1 accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title} (ECE {ece:.4f}, {total:,} tokens)")
     top.legend(loc="upper left")
     bottom.bar(lowers, [b["count"] for b in bins], width=width, align="edge", edgecolor="black", color="tab:gray")
     bottom.set(xlabel="top-1 confidence", ylabel="tokens", yscale="log" if any(b["count"] for b in bins) else "linear")
@@ -362,7 +364,7 @@ def format_results(results: dict) -> str:
         f"{'Brier':<16}{m['brier']:>12.4f}",
     ]
     for sample in results.get("samples", []):
-        lines += ["", f"> {sample['prompt']}", f"{sample['prompt']}{sample['completion']}"]
+        lines += ["", f"prompt      {sample['prompt']}", f"completion  {sample['completion']}"]
     return "\n".join(lines)
 
 

@@ -113,7 +113,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from transformers import TextStreamer
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
     try:
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
         streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
