@@ -57,7 +57,7 @@ def safetensors_parameter_count(folder: Path) -> int | None:
     return total if files else None
 
 
-def parameter_counts(folder: Path, config: dict) -> tuple[int | None, int | None]:
+def checkpoint_parameter_counts(folder: Path, config: dict) -> tuple[int | None, int | None]:
     """(total, active per token). Total is what the checkpoint stores; for OpenLLM MoE models, the experts a token
     is not routed to are subtracted for the active count."""
     stored = safetensors_parameter_count(folder)
@@ -106,7 +106,7 @@ def _is_hub_id(name) -> bool:
 
 def _architecture(config: dict, folder: Path) -> dict:
     experts = config.get("num_experts") or config.get("num_local_experts") or 0
-    total, active = parameter_counts(folder, config)
+    total, active = checkpoint_parameter_counts(folder, config)
     heads = config.get("num_attention_heads")
     return {
         "model_type": config.get("model_type"),
