@@ -15,11 +15,15 @@ import json
 import logging
 import re
 import struct
+import sys
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+# a source checkout (or editable install) reads the repository's model_cards/; a wheel installs them under share/
+TEMPLATE_DIR = next((d for d in (Path(__file__).resolve().parents[2] / "model_cards",
+                                 Path(sys.prefix) / "share" / "openllm" / "model_cards") if d.is_dir()),
+                    Path(__file__).resolve().parents[2] / "model_cards")
 STAGE_TEMPLATES = {"pretrain": "pretrain.md.j2", "sft": "post_training.md.j2", "dpo": "post_training.md.j2",
                    "reward": "post_training.md.j2", "rlhf": "post_training.md.j2", "merge": "merged.md.j2"}
 STAGE_NAMES = {"pretrain": "pretraining", "sft": "supervised fine-tuning (SFT)",
