@@ -70,7 +70,7 @@ async def read_json(request: Request, schema: type[BaseModel], limit: int) -> Ba
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise APIError(413, f"Request body is larger than the limit of {limit} bytes.")
+            raise APIError(413, f"Request body is over {limit} bytes; the limit is {limit} bytes.")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

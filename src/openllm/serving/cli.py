@@ -33,6 +33,9 @@ def add_arguments(parser):
     parser.add_argument("--api-key", default=os.environ.get("OPENLLM_API_KEY"),
                         help="require `Authorization: Bearer KEY` on every route but /health "
                              "(default: $OPENLLM_API_KEY; none means no authentication)")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a "
+                             "busy machine)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -97,12 +100,16 @@ def run(args):
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("openllm.serve")
-    for name, value in (("--max-batch-size", args.max_batch_size), ("--max-queue-size", args.max_queue_size),
+    for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1), ("--max-queue-size", args.max_queue_size),
                         ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("Binding %s without --api-key: anyone who can reach this address can use the model.", args.host)
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
     model, tokenizer, info = load_model(args.model, args.dtype, args.device, args.revision, args.trust_remote_code)
     log.info("Loaded %s (%s, %s parameters, %s on %s)", args.model, info["architecture"],
              f"{info['num_parameters']:,}", info["dtype"], info["device"])

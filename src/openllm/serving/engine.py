@@ -153,7 +153,8 @@ class Engine:
 
     def submit(self, seq: Sequence):
         with self._cond:
-            if len(self.waiting) >= self.max_queue_size:
+            # free batch slots absorb requests that arrive while a step runs; only the excess really queues
+            if len(self.waiting) >= self.max_queue_size + max(0, self.max_batch_size - len(self.running)):
                 raise QueueFullError(
                     f"The server is at capacity ({self.max_queue_size} requests waiting, {len(self.running)} "
                     "running). Retry later or start the server with a larger --max-queue-size.")
