@@ -3,8 +3,8 @@
 The model is the `small` preset with random weights (serving speed does not depend on what the weights learned)
 and a byte-level BPE tokenizer trained here on Python's standard library sources. Every request asks for exactly
 `NEW_TOKENS` greedy tokens (the model has no EOS token, so none stops early), so every concurrency level does the
-same work per request. For reference, the same 16 prompts also go through one plain batched `model.generate` call, through
-the serving engine in-process (no HTTP), and through transformers' continuous batching (`generate_batch`).
+same work per request. For reference, the same 16 prompts also go through one plain batched `model.generate` call,
+through the serving engine in-process (no HTTP), and through transformers' continuous batching (`generate_batch`).
 """
 
 import os

@@ -42,8 +42,8 @@ def server(tmp_path_factory):
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "openllm", "serve", str(folder), "--port", str(port), "--max-batch-size", "8",
-         "--max-queue-size", "4", "--max-body-bytes", "8192", "--served-model-name", "tiny", "--num-threads", "1", "--log-level",
-         "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
+         "--max-queue-size", "4", "--max-body-bytes", "8192", "--served-model-name", "tiny", "--num-threads", "1",
+         "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:

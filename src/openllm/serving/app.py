@@ -218,6 +218,8 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
 
     def check_length(prompt_ids: list[int], max_new_tokens: Optional[int], param: str, new_param: str, status: int):
+        if not prompt_ids:
+            raise APIError(status, f"`{param}` tokenizes to no tokens; send some text.", param=param)
         if len(prompt_ids) >= context:
             raise APIError(status, f"`{param}` has {len(prompt_ids)} tokens but the model's context window is "
                                 f"{context} tokens; shorten it (leave room for the tokens to generate).", param=param)

@@ -100,7 +100,8 @@ def run(args):
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("openllm.serve")
-    for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1), ("--max-queue-size", args.max_queue_size),
+    for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1),
+                        ("--max-queue-size", args.max_queue_size),
                         ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
