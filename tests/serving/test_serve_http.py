@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 
 from tiny_model import make_tiny_model
-
-openai = pytest.importorskip("openai")
 
 API_KEY = "test-key"
 CONTEXT = 256  # the tiny preset's max_position_embeddings
