@@ -1,0 +1,204 @@
+"""Load test of `openllm serve` on loopback: 1, 4 and 16 concurrent clients against one server process.
+
+The model is the `small` preset with random weights (serving speed does not depend on what the weights learned)
+and a byte-level BPE tokenizer trained here on Python's standard library sources. Every request asks for exactly
+`NEW_TOKENS` greedy tokens (the model has no EOS token, so none stops early), so every concurrency level does the
+same work per request. For reference, the same 16 prompts also go through one plain batched `model.generate` call,
+through the serving engine in-process (no HTTP), and through transformers' continuous batching (`generate_batch`).
+"""
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEW_TOKENS = 64
+LEVELS = ((1, 6), (4, 3), (16, 3))  # (concurrent clients, requests each)
+THREADS = 1
+
+
+def make_model(folder: Path):
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    import openllm
+
+    corpus = [p.read_text(errors="ignore") for p in sorted(Path(os.__file__).parent.glob("*.py"))[:60]]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=8192, special_tokens=["<|endoftext|>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                        model_input_names=["input_ids", "attention_mask"])
+    torch.manual_seed(0)
+    # no eos_token_id in the model config: every request generates exactly NEW_TOKENS tokens
+    config = openllm.get_preset_config("small", vocab_size=len(tokenizer), eos_token_id=None)
+    model = openllm.OpenLLMForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+def prompts(n: int) -> list[str]:
+    words = "the server batches requests from many clients into one forward pass per generated token".split()
+    return [" ".join(words[i % len(words):] + words[:i % len(words)])[: 40 + 3 * i] for i in range(n)]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OPENLLM_API_KEY", None)
+    process = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(folder), "--port", str(port),
+                                "--num-threads", str(THREADS), "--max-batch-size", "32", "--log-level", "warning"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def load(url: str, clients: int, per_client: int) -> dict:
+    import httpx
+
+    texts = prompts(clients * per_client)
+    latencies, tokens, errors = [], [], 0
+
+    def client(index: int):
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=300) as http:
+            for j in range(per_client):
+                body = {"inputs": texts[index * per_client + j],
+                        "parameters": {"max_new_tokens": NEW_TOKENS, "details": True}}
+                started = time.perf_counter()
+                response = http.post("/generate", json=body)
+                if response.status_code != 200:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                tokens.append(response.json()["details"]["generated_tokens"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"clients": clients, "requests": clients * per_client, "errors": errors, "tokens": sum(tokens),
+            "tokens_per_s": sum(tokens) / wall, "p50": statistics.median(latencies),
+            "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]}
+
+
+def batched_generate(model, tokenizer, n: int) -> float:
+    """Tokens/s of one left-padded `generate` call on n prompts: the static-batching reference."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(prompts(n), return_tensors="pt", padding=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return (out.shape[1] - enc["input_ids"].shape[1]) * n / (time.perf_counter() - started)
+
+
+def transformers_continuous_batching(model, tokenizer, n: int) -> float | None:
+    """Tokens/s of transformers' own continuous batching (`generate_batch`, transformers 5) on the same prompts."""
+    from transformers import GenerationConfig
+
+    if not hasattr(model, "generate_batch"):
+        return None
+    ids = [tokenizer(text)["input_ids"] for text in prompts(n)]
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
+    started = time.perf_counter()
+    outputs = model.generate_batch(inputs=ids, generation_config=config)
+    return sum(len(o.generated_tokens) for o in outputs.values()) / (time.perf_counter() - started)
+
+
+def engine_in_process(model, tokenizer, n: int) -> float:
+    """Tokens/s of the serving engine on n prompts submitted at once, without HTTP: the same work as above."""
+    import threading
+
+    from openllm.serving.engine import Engine, SamplingParams, Sequence
+
+    engine = Engine(model, tokenizer, max_batch_size=n).start()
+    done = [threading.Event() for _ in range(n)]
+    started = time.perf_counter()
+    for text, event in zip(prompts(n), done):
+        engine.submit(Sequence(tokenizer(text)["input_ids"], SamplingParams(max_new_tokens=NEW_TOKENS),
+                               lambda out, e=event: e.set() if out.finish_reason else None))
+    for event in done:
+        event.wait()
+    elapsed = time.perf_counter() - started
+    engine.stop()
+    return NEW_TOKENS * n / elapsed
+
+
+def main(write_readme: bool = False):
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from readme import machine_description, write_section
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "small"
+        model, tokenizer = make_model(folder)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        process = start_server(folder, port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            load(url, 2, 1)  # warm-up
+            results = [load(url, clients, per_client) for clients, per_client in LEVELS]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(THREADS)
+        reference = batched_generate(model, tokenizer, 16)
+        in_process = engine_in_process(model, tokenizer, 16)
+        continuous = transformers_continuous_batching(model, tokenizer, 16)
+        torch.set_num_threads(threads)
+        n_params = sum(p.numel() for p in model.parameters())
+
+    base = results[0]["tokens_per_s"]
+    rows = ["| concurrent clients | requests | errors | tokens/s | speed-up | p50 latency (s) | p95 latency (s) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['tokens_per_s']:.0f} | "
+                    f"{r['tokens_per_s'] / base:.1f}x | {r['p50']:.2f} | {r['p95']:.2f} |")
+    markdown = "\n".join([
+        f"`openllm serve` load test ({machine_description()}; server on {THREADS} torch thread): `small` preset, "
+        f"random weights, {n_params / 1e6:.1f}M parameters (vocabulary {len(tokenizer)}), {NEW_TOKENS} greedy "
+        "tokens per request over `POST /generate` on loopback. Each client sends its requests one after another.",
+        "",
+        *rows,
+        "",
+        f"Reference, in one process without HTTP, the same 16 prompts: one static left-padded `model.generate` "
+        f"batch {reference:.0f} tokens/s; the serving engine {in_process:.0f} tokens/s"
+        + (f"; transformers' continuous batching (`generate_batch`) {continuous:.0f} tokens/s." if continuous
+           else "."),
+    ])
+    print(markdown)
+    if write_readme:
+        write_section("serve", markdown)
+    return results
+
+
+if __name__ == "__main__":
+    main(write_readme="--write-readme" in sys.argv)

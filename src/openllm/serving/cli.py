@@ -1,0 +1,120 @@
+"""`openllm serve MODEL`: serve a model folder or Hub id over the TGI and OpenAI HTTP protocols.
+
+    openllm serve ./my-model --host 127.0.0.1 --port 8000
+    curl -s localhost:8000/generate -H 'Content-Type: application/json' \\
+         -d '{"inputs": "Once upon a time", "parameters": {"max_new_tokens": 20, "details": true}}'
+"""
+
+import ipaddress
+import logging
+import os
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_arguments(parser):
+    parser.add_argument("model", help="model folder or Hub id (AutoModelForCausalLM + AutoTokenizer)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: loopback only; use 0.0.0.0 to accept remote clients)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the modeling code shipped with the model (needed for custom architectures)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="weights dtype (auto: bfloat16 on GPUs that support it, else float32)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps... (auto: cuda if available)")
+    parser.add_argument("--served-model-name", default=None, help="name reported by /info and /v1/models")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="requests generated together at most")
+    parser.add_argument("--max-queue-size", type=int, default=256,
+                        help="requests allowed to wait for a batch slot; more are refused with 429")
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="tokens generated when a request does not say (capped by the context window)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    parser.add_argument("--api-key", default=os.environ.get("OPENLLM_API_KEY"),
+                        help="require `Authorization: Bearer KEY` on every route but /health "
+                             "(default: $OPENLLM_API_KEY; none means no authentication)")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a "
+                             "busy machine)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def load_model(model_id: str, dtype: str = "auto", device: str = "auto", revision=None, trust_remote_code=False):
+    """Model (eval mode, on `device`) and tokenizer of a folder or Hub id, plus a summary for /model-info."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import openllm  # noqa: F401  (registers the OpenLLM architecture with the Auto classes)
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code,
+                                                 dtype=getattr(torch, dtype))
+    model.to(device).eval()
+    config = model.config
+    info = {
+        "model_type": config.model_type,
+        "architecture": type(model).__name__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "device": str(next(model.parameters()).device),
+        "vocab_size": config.vocab_size,
+    }
+    if getattr(config, "num_experts", 0):
+        info["num_experts"], info["num_experts_per_tok"] = config.num_experts, config.num_experts_per_tok
+    return model, tokenizer, info
+
+
+def context_length(model, tokenizer) -> int:
+    length = getattr(model.config, "max_position_embeddings", None)
+    if length is None:  # tokenizers report a huge sentinel when they do not know
+        length = tokenizer.model_max_length if tokenizer.model_max_length < 10**7 else 2048
+    return int(length)
+
+
+def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
+              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None):
+    from .app import ServerConfig, create_app
+    from .engine import Engine
+    from .metrics import ServerMetrics
+
+    engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
+                    context_length=context_length(model, tokenizer), metrics=ServerMetrics())
+    config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
+                          default_max_new_tokens=max_new_tokens, model_info=info)
+    return create_app(engine, config)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def run(args):
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("openllm.serve")
+    for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1),
+                        ("--max-queue-size", args.max_queue_size),
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes)):
+        if value < 1:
+            raise SystemExit(f"{name} must be at least 1, got {value}.")
+    if not _is_loopback(args.host) and not args.api_key:
+        log.warning("Binding %s without --api-key: anyone who can reach this address can use the model.", args.host)
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    model, tokenizer, info = load_model(args.model, args.dtype, args.device, args.revision, args.trust_remote_code)
+    log.info("Loaded %s (%s, %s parameters, %s on %s)", args.model, info["architecture"],
+             f"{info['num_parameters']:,}", info["dtype"], info["device"])
+    app = build_app(model, tokenizer, args.served_model_name or args.model, info,
+                    max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
+                    max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

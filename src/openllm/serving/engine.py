@@ -1,0 +1,398 @@
+"""Continuous batching over one shared KV cache.
+
+A worker thread owns the model. Each iteration it admits waiting requests (prefilled together as one left-padded
+batch whose cache is then merged into the running batch), runs one decode step for every running request, and
+chooses each row's next token with that request's own sampling parameters and random generator. Finished or
+cancelled rows leave the batch at once, so a request never waits for the longest one in its batch.
+
+Why not transformers' own continuous batching: for small models on CPU it measured 5-10x slower than batched
+`generate`; this loop keeps `generate`'s batched matmuls and adds iteration-level scheduling on top.
+"""
+
+import collections
+import logging
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: Optional[int] = None
+    stop: list[str] = field(default_factory=list)
+    top_n: int = 0  # alternatives (most likely tokens) reported for every position
+    prefill_logprobs: bool = False
+
+
+@dataclass
+class Token:
+    id: int
+    text: str
+    logprob: Optional[float]  # log-probability under the model (temperature 1, before any penalty or truncation)
+    special: bool = False
+    top: list["Token"] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> Optional[float]:
+        return None if self.logprob is None else math.exp(self.logprob)
+
+
+@dataclass
+class StepOutput:
+    """What a request receives after each of its tokens; the last one carries `finish_reason`."""
+
+    token: Optional[Token]
+    text: str  # text that became final with this token (may be empty while a character is incomplete)
+    finish_reason: Optional[str] = None  # "length" | "eos_token" | "stop_sequence" | "cancelled" | "error"
+    error: Optional[str] = None
+    stop_index: Optional[int] = None  # with "stop_sequence": where the stop sequence begins in the full text
+
+
+class QueueFullError(RuntimeError):
+    pass
+
+
+class Sequence:
+    """One request's state inside the engine."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, on_output: Callable[[StepOutput], None]):
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.on_output = on_output
+        self.seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self.generator: Optional[torch.Generator] = None
+        self.generated: list[int] = []
+        self.tokens: list[Token] = []
+        self.prefill: list[Token] = []
+        self.text = ""  # final text of the generated tokens (special tokens skipped)
+        self.stop_index: Optional[int] = None  # where in `text` a stop sequence begins
+        self.finish_reason: Optional[str] = None
+        self.cancelled = False  # set from the event loop; read by the worker
+        self.submitted_at = time.perf_counter()
+        self._prefix_offset = self._read_offset = 0
+
+    @property
+    def sampling(self) -> bool:
+        return self.params.do_sample and self.params.temperature > 0
+
+    def cancel(self):
+        self.cancelled = True
+
+    def decode_next(self, tokenizer) -> str:
+        """Text that the newest token completes. Decoding a window of recent ids (not single ids) keeps multi-token
+        characters and tokenizers that merge spaces correct; an incomplete character is held back."""
+        ids = self.generated
+        prefix = tokenizer.decode(ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
+        full = tokenizer.decode(ids[self._prefix_offset:], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+            return full[len(prefix):]
+        return ""
+
+    def flush(self, tokenizer) -> str:
+        full = tokenizer.decode(self.generated, skip_special_tokens=True)
+        return full[len(self.text):] if full.startswith(self.text) else ""
+
+
+class Engine:
+    """Runs generation for many concurrent requests in one worker thread. `submit` is thread-safe."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 32, max_queue_size: int = 256,
+                 context_length: Optional[int] = None, metrics=None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_batch_size = max_batch_size
+        self.max_queue_size = max_queue_size
+        self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
+        self.metrics = metrics
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.special_ids = set(tokenizer.all_special_ids)
+
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+        self.cache = None  # DynamicCache of the running batch, left-padded to a common length
+        self.mask: Optional[torch.Tensor] = None  # (batch, cache length): 1 for real tokens, 0 for padding
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (time, tokens) for tokens/s
+        self._thread = threading.Thread(target=self._loop, name="openllm-engine", daemon=True)
+
+    # ------------------------------------------------------------------ public API (any thread)
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, seq: Sequence):
+        with self._cond:
+            # free batch slots absorb requests that arrive while a step runs; only the excess really queues
+            if len(self.waiting) >= self.max_queue_size + max(0, self.max_batch_size - len(self.running)):
+                raise QueueFullError(
+                    f"The server is at capacity ({self.max_queue_size} requests waiting, {len(self.running)} "
+                    "running). Retry later or start the server with a larger --max-queue-size.")
+            self.waiting.append(seq)
+            self._set_gauges()
+            self._cond.notify()
+
+    def tokens_per_second(self, window: float = 10.0) -> float:
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= window]
+        return sum(n for _, n in recent) / window
+
+    # ------------------------------------------------------------------ worker thread
+    def _loop(self):
+        while True:
+            with self._cond:
+                while not self._stopped and not self.waiting and not self.running:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                new = []
+                while self.waiting and len(self.running) + len(new) < self.max_batch_size:
+                    seq = self.waiting.popleft()
+                    if seq.cancelled:
+                        self._finish(seq, "cancelled")
+                    else:
+                        new.append(seq)
+                self._set_gauges()
+            try:
+                with torch.inference_mode():
+                    self._step(new)
+            except Exception as e:  # a failing batch must not take the server down
+                logger.exception("generation failed")
+                for seq in self.running + [s for s in new if s not in self.running]:
+                    if seq.finish_reason is None:
+                        seq.finish_reason = "error"
+                        seq.on_output(StepOutput(None, "", "error", error=f"{type(e).__name__}: {e}"))
+                self.running, self.cache, self.mask = [], None, None
+            self._set_gauges()
+
+    def _set_gauges(self):
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self.waiting))
+            self.metrics.running.set(len(self.running))
+
+    def _step(self, new: list[Sequence]):
+        self._drop([i for i, s in enumerate(self.running) if s.cancelled], reason="cancelled")
+        if new:
+            self._prefill(new)
+        if not self.running:
+            return
+        batch = len(self.running)
+        input_ids = torch.tensor([[s.generated[-1]] for s in self.running], device=self.device)
+        position_ids = torch.tensor([[len(s.prompt_ids) + len(s.generated) - 1] for s in self.running],
+                                    device=self.device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(batch, 1)], dim=1)
+        out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(batch)
+        self._advance(self.running, out.logits[:, -1])
+
+    def _prefill(self, new: list[Sequence]):
+        length = max(len(s.prompt_ids) for s in new)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (length - len(s.prompt_ids)) + s.prompt_ids for s in new],
+                                 device=self.device)
+        mask = torch.tensor([[0] * (length - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in new],
+                            device=self.device)
+        # explicit positions: a left-padded row must see the same positions as the same prompt unpadded
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_prefill = any(s.params.prefill_logprobs for s in new)
+        cache = _new_cache(self.model)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, logits_to_keep=0 if want_prefill else 1)
+        if want_prefill:
+            self._prefill_tokens(new, out.logits, length)
+        for seq in new:
+            if seq.sampling:
+                seq.generator = torch.Generator(device=self.device).manual_seed(seq.seed)
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
+        self._merge(new, out.past_key_values, mask)
+        self._advance(new, out.logits[:, -1])
+
+    def _prefill_tokens(self, new, logits, length):
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        for row, seq in enumerate(new):
+            if not seq.params.prefill_logprobs:
+                continue
+            start = length - len(seq.prompt_ids)
+            ids = seq.prompt_ids
+            seq.prefill = [Token(ids[0], self.tokenizer.decode([ids[0]]), None, ids[0] in self.special_ids)]
+            for j in range(1, len(ids)):
+                lp = float(logprobs[row, start + j - 1, ids[j]])
+                seq.prefill.append(Token(ids[j], self.tokenizer.decode([ids[j]]), lp, ids[j] in self.special_ids))
+
+    def _merge(self, new, cache, mask):
+        """Append the freshly prefilled rows to the running batch, left-padding whichever cache is shorter."""
+        if not self.running:
+            self.running, self.cache, self.mask = list(new), cache, mask
+            return
+        old_len, new_len = self.mask.shape[1], mask.shape[1]
+        length = max(old_len, new_len)
+        for old_layer, new_layer in zip(self.cache.layers, cache.layers):
+            old_layer.keys = torch.cat([_left_pad(old_layer.keys, length), _left_pad(new_layer.keys, length)])
+            old_layer.values = torch.cat([_left_pad(old_layer.values, length), _left_pad(new_layer.values, length)])
+        self.mask = torch.cat([_left_pad_mask(self.mask, length), _left_pad_mask(mask, length)])
+        self.running.extend(new)
+
+    def _drop(self, rows: list[int], reason: Optional[str] = None):
+        """Remove rows from the running batch (and the padding columns no remaining row needs)."""
+        if not rows:
+            return
+        for i in rows:
+            if reason is not None:
+                self._finish(self.running[i], reason)
+        keep = [i for i in range(len(self.running)) if i not in set(rows)]
+        self.running = [self.running[i] for i in keep]
+        if not self.running:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.mask = self.mask[index]
+        first = int(self.mask.any(dim=0).int().argmax())  # leading columns that are padding in every row
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+
+    def _finish(self, seq: Sequence, reason: str):
+        seq.finish_reason = reason
+        if self.metrics is not None:
+            self.metrics.finished.labels(reason=reason).inc()
+        if reason == "cancelled":
+            seq.on_output(StepOutput(None, "", "cancelled"))
+
+    def _advance(self, seqs: list[Sequence], logits: torch.Tensor):
+        """Choose each row's next token, report it, and retire the rows that are done."""
+        logits = logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        chosen = choose_tokens(seqs, logits)
+        done = []
+        now = time.perf_counter()
+        for row, (seq, token_id) in enumerate(zip(seqs, chosen)):
+            seq.generated.append(token_id)
+            top = []
+            if seq.params.top_n:
+                values, indices = logprobs[row].topk(seq.params.top_n)
+                top = [Token(int(i), self.tokenizer.decode([int(i)]), float(v), int(i) in self.special_ids)
+                       for v, i in zip(values.tolist(), indices.tolist())]
+            special = token_id in self.special_ids
+            text = seq.decode_next(self.tokenizer)
+            reason = None
+            if token_id in self.eos_ids:
+                reason = "eos_token"
+            elif len(seq.generated) >= seq.params.max_new_tokens:
+                reason = "length"
+            elif len(seq.prompt_ids) + len(seq.generated) >= self.context_length:
+                reason = "length"
+            if reason is not None:
+                text += seq.flush(self.tokenizer)[len(text):]
+            seq.text += text
+            if text and seq.params.stop and seq.stop_index is None:
+                window = seq.text[-(len(text) + max(len(s) for s in seq.params.stop)):]
+                offset = len(seq.text) - len(window)
+                hits = [window.find(s) for s in seq.params.stop if s and s in window]
+                if hits:
+                    seq.stop_index, reason = offset + min(hits), "stop_sequence"
+            shown = self.tokenizer.decode([token_id]) if special else text
+            token = Token(token_id, shown, float(logprobs[row, token_id]), special, top)
+            seq.tokens.append(token)
+            if reason is not None:
+                done.append(row)
+                seq.finish_reason = reason
+                if self.metrics is not None:
+                    self.metrics.finished.labels(reason=reason).inc()
+            seq.on_output(StepOutput(token, text, reason, stop_index=seq.stop_index))
+        self._recent.append((now, len(seqs)))
+        while self._recent and now - self._recent[0][0] > 60:
+            self._recent.popleft()
+        if self.metrics is not None:
+            self.metrics.generated_tokens.inc(len(seqs))
+        self._drop([self.running.index(seqs[r]) for r in done])
+
+
+def choose_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+    """Next token of every row: greedy rows take the argmax, sampling rows draw from their own generator after
+    their own penalties, temperature, top-k and top-p, so a seeded request gives the same text in any batch."""
+    scores = logits.clone()
+    for row, seq in enumerate(seqs):
+        p = seq.params
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(seq.prompt_ids + seq.generated)), device=scores.device)
+            values = scores[row, seen]
+            scores[row, seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if (p.frequency_penalty or p.presence_penalty) and seq.generated:
+            ids, counts = torch.tensor(seq.generated, device=scores.device).unique(return_counts=True)
+            scores[row, ids] -= p.frequency_penalty * counts.to(scores.dtype) + p.presence_penalty
+    chosen = scores.argmax(dim=-1).tolist()
+    for row, seq in enumerate(seqs):
+        if seq.sampling:
+            chosen[row] = sample(scores[row], seq.params, seq.generator)
+    return chosen
+
+
+def sample(scores: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
+    scores = scores / p.temperature
+    if p.top_k and p.top_k < scores.numel():
+        kth = scores.topk(p.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_scores, order = scores.sort(descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        # drop a token once the tokens before it already hold top_p of the mass (the top token always stays)
+        remove = (cumulative - sorted_scores.softmax(-1)) >= p.top_p
+        scores = scores.scatter(0, order, sorted_scores.masked_fill(remove, float("-inf")))
+    return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:
+        return DynamicCache()
+
+
+def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad a (batch, heads, seq, dim) cache tensor on the left of its sequence axis to `length`."""
+    missing = length - x.shape[2]
+    if missing == 0:
+        return x
+    return torch.cat([x.new_zeros(x.shape[0], x.shape[1], missing, x.shape[3]), x], dim=2)
+
+
+def _left_pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - mask.shape[1]
+    return mask if missing == 0 else torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1)

@@ -1,0 +1,78 @@
+"""The batching engine in-process: batched results equal unbatched ones, and seeds make sampling reproducible."""
+
+import threading
+
+import pytest
+import torch
+
+from openllm.serving.engine import Engine, SamplingParams, Sequence
+
+from tiny_model import make_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def run_all(engine, requests):
+    """Submit every (prompt_ids, params) at once and wait for all of them."""
+    done = [threading.Event() for _ in requests]
+    seqs = []
+    for (ids, params), event in zip(requests, done):
+        seq = Sequence(ids, params, lambda out, e=event: e.set() if out.finish_reason else None)
+        seqs.append(seq)
+        engine.submit(seq)
+    assert all(e.wait(60) for e in done)
+    return seqs
+
+
+def test_batched_greedy_equals_generate(tiny):
+    model, tokenizer = tiny
+    prompts = ["hello world", "the quick brown fox jumps over", "a", "serving models is fun and the lazy dog"]
+    lengths = [12, 20, 5, 16]  # different lengths: rows leave the batch at different steps
+    engine = Engine(model, tokenizer, max_batch_size=8).start()
+    try:
+        seqs = run_all(engine, [(tokenizer(p)["input_ids"], SamplingParams(max_new_tokens=n))
+                                for p, n in zip(prompts, lengths)])
+    finally:
+        engine.stop()
+    for prompt, n, seq in zip(prompts, lengths, seqs):
+        enc = tokenizer(prompt, return_tensors="pt")
+        expected = model.generate(**enc, max_new_tokens=n, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+        assert seq.generated == expected
+        assert seq.text == tokenizer.decode(expected, skip_special_tokens=True)
+        assert seq.finish_reason == ("eos_token" if expected[-1] == tokenizer.eos_token_id else "length")
+
+
+def test_seeded_sampling_is_independent_of_the_batch(tiny):
+    model, tokenizer = tiny
+    params = dict(max_new_tokens=15, do_sample=True, temperature=0.9, top_k=40, top_p=0.95, seed=1234)
+    ids = tokenizer("hello world")["input_ids"]
+    engine = Engine(model, tokenizer, max_batch_size=8).start()
+    try:
+        (alone,) = run_all(engine, [(ids, SamplingParams(**params))])
+        crowd = run_all(engine, [(tokenizer("the lazy dog")["input_ids"], SamplingParams(**{**params, "seed": 7})),
+                                 (ids, SamplingParams(**params)),
+                                 (tokenizer("a language model")["input_ids"], SamplingParams(max_new_tokens=30))])
+        (other_seed,) = run_all(engine, [(ids, SamplingParams(**{**params, "seed": 99}))])
+    finally:
+        engine.stop()
+    assert crowd[1].generated == alone.generated
+    assert other_seed.generated != alone.generated
+
+
+def test_sampling_respects_top_k(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer("the quick brown")["input_ids"]
+    engine = Engine(model, tokenizer).start()
+    try:
+        top_k = run_all(engine, [(ids, SamplingParams(max_new_tokens=1, do_sample=True, top_k=2, seed=s))
+                                 for s in range(24)])
+        free = run_all(engine, [(ids, SamplingParams(max_new_tokens=1, do_sample=True, seed=s)) for s in range(24)])
+    finally:
+        engine.stop()
+    with torch.no_grad():
+        top2 = model(torch.tensor([ids])).logits[0, -1].topk(2).indices.tolist()
+    assert {seq.generated[0] for seq in top_k} <= set(top2)
+    assert len({seq.generated[0] for seq in free}) > 2  # without top-k the same seeds reach other tokens
