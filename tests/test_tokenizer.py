@@ -1,6 +1,5 @@
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -107,8 +106,8 @@ def test_vocab_size_and_type_errors(corpus):
 
 
 def test_cli(tmp_path, capsys):
-    (tmp_path / "docs.jsonl").write_text("".join(
-        json.dumps({"body": f"Line {i}: the quick brown fox jumps over {i % 7} lazy dogs."}) + "\n" for i in range(200)))
+    rows = [{"body": f"Line {i}: the quick brown fox jumps over {i % 7} lazy dogs."} for i in range(200)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     rc = cli_main(["tokenizer", "train", "--corpus", str(tmp_path / "docs.jsonl"), "--text-column", "body",
                    "--vocab-size", "300", "--output", str(tmp_path / "tok")])
     assert rc == 0

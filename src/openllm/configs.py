@@ -42,7 +42,7 @@ class ModelArguments:
     model_preset: str = field(default="small", metadata={"help": "tiny, tiny-moe, small, medium, large or moe."})
     model_config_overrides: Optional[dict | str] = field(
         default=None, metadata={"help": "OpenLLMConfig fields to change, e.g. {\"num_hidden_layers\": 4} (JSON on the "
-                                        "command line). vocab_size and the special token ids come from the tokenizer."})
+                                        "command line). vocab_size and special token ids come from the tokenizer."})
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Continue pretraining this checkpoint instead of starting from a preset."})
     attn_implementation: Optional[str] = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2..."})

@@ -88,7 +88,8 @@ def _expand_files(source: str) -> list[str]:
                                     f"a Hub dataset id (owner/name), or {BUILTIN_CORPUS!r}.")
     unsupported = sorted({Path(f).suffix or f for f in files if Path(f).suffix.lower() not in FILE_BUILDERS})
     if unsupported:
-        raise ValueError(f"Unsupported file type(s) {unsupported} in {source!r}; supported: {', '.join(FILE_BUILDERS)}.")
+        raise ValueError(f"Unsupported file type(s) {unsupported} in {source!r}; "
+                         f"supported: {', '.join(FILE_BUILDERS)}.")
     return sorted(files)
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from .configs import DataArguments, ModelArguments, PretrainConfig
-from .data import BUILTIN_CORPUS, bits_per_byte, load_corpus, pack_corpus
+from .data import bits_per_byte, load_corpus, pack_corpus
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -320,4 +320,4 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
 
 
 __all__ = ["make_parser", "pretrain", "PretrainTrainer", "check_block_size", "get_model_config", "get_tokenizer",
-           "get_model", "describe_hardware", "push_folder", "SUMMARY_FILE", "BUILTIN_CORPUS"]
+           "get_model", "describe_hardware", "push_folder", "SUMMARY_FILE"]

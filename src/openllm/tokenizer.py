@@ -130,7 +130,8 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
                                    and t in tokenizer.get_vocab()],
         **{k: getattr(tokenizer, k) for k in SPECIAL_TOKENS if getattr(tokenizer, k, None) is not None},
     )
-    if getattr(tokenizer, "chat_template", None) and not os.path.exists(os.path.join(output_dir, "chat_template.jinja")):
+    template_file = os.path.join(output_dir, "chat_template.jinja")
+    if getattr(tokenizer, "chat_template", None) and not os.path.exists(template_file):
         config["chat_template"] = tokenizer.chat_template
     with open(path, "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
