@@ -43,7 +43,7 @@ install-compat: $(VENV_COMPAT)/bin/python
 	$(VENV_COMPAT)/bin/pip install -e ".[onnx,gguf,test]" "transformers==4.57.6"
 
 quickstart: install
-	$(BIN)/openllm quickstart
+	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml
 
 test:
 	$(BIN)/python -m pytest -m "not slow and not onnx" -q

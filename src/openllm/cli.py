@@ -6,7 +6,6 @@ import sys
 
 # subcommand → (module that defines `add_arguments(parser)` and `run(args)`, one-line help)
 COMMANDS = {
-    "quickstart": ("openllm.quickstart", "tokenizer → pretrain → eval → model card on the built-in corpus, offline"),
     "tokenizer": ("openllm.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)"),
     "eval": ("openllm.evaluation", "perplexity, bits-per-byte, calibration and samples of a model"),
     "generate": ("openllm.generation", "generate text from a model, streaming to the terminal"),

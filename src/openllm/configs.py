@@ -87,6 +87,9 @@ class PretrainConfig(TrainingArguments):
       unless `bf16` or `fp16` is set explicitly.
     - `auto_resume` (bool, True): resume from the last `checkpoint-*` in `output_dir` when there is one and
       `resume_from_checkpoint` is unset.
+    - `final_eval_documents` (int, 500): after training, `openllm.evaluation.evaluate_model` scores up to this many
+      held-out documents (perplexity, bits per byte, calibration, samples) into `eval_results.json`, and the model
+      card (README.md) is rendered from what was measured; 0 skips both.
     """
 
     output_dir: Optional[str] = field(default="outputs/pretrain", metadata={"help": "Where the model is written."})
@@ -103,6 +106,8 @@ class PretrainConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb... or none."})
     precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32 (see the class docstring)."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    final_eval_documents: int = field(default=500, metadata={
+        "help": "Held-out documents scored after training for eval_results.json and the model card; 0 skips."})
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

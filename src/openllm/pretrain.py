@@ -204,6 +204,24 @@ def push_folder(folder: str, args: PretrainConfig) -> Optional[str]:
         return None
 
 
+def evaluate_and_card(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig) -> dict:
+    """Score held-out documents into `eval_results.json` (with samples and a reliability diagram), then render
+    the model card from the folder."""
+    from .evaluation import evaluate_model
+    from .model_card import write_model_card
+
+    texts = corpus.eval["text"][: training_args.final_eval_documents]
+    prompts = [" ".join(t.split()[:6]) for t in texts[:3]]
+    results = evaluate_model(
+        model, tokenizer, texts, block_size=data_args.block_size, sample_prompts=prompts,
+        output_dir=training_args.output_dir, model_name=training_args.output_dir, show_progress=True,
+        dataset_info={"name": data_args.dataset_name, "split": "held-out", "documents": len(texts)},
+    )
+    card = write_model_card(training_args.output_dir)
+    logger.info("Wrote eval_results.json and the model card %s", card)
+    return results
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -314,6 +332,8 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
             json.dump(summary, f, indent=2, default=str)
             f.write("\n")
         logger.info("Saved the model, tokenizer and %s to %s", SUMMARY_FILE, output_dir)
+        if training_args.final_eval_documents and corpus.eval is not None:
+            evaluate_and_card(model, tokenizer, corpus, data_args, training_args)
         if push:
             push_folder(output_dir, training_args)
     return summary
