@@ -1,6 +1,4 @@
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -9,7 +7,6 @@ from openllm.cli import main as cli_main
 from openllm.data import python_docs_corpus
 from openllm.tokenizer import ALL_SPECIAL_TOKENS, train_tokenizer
 
-VENV457 = Path("/work/venv457/bin/python")
 SAMPLES = [
     "Hello, world!",
     "  leading, trailing and   repeated   spaces  ",
@@ -51,20 +48,6 @@ def test_saved_folder_loads_with_fixed_special_tokens(bpe):
     config = json.loads((bpe / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert config["model_input_names"] == ["input_ids", "attention_mask"]
-
-
-@pytest.mark.skipif(not VENV457.exists(), reason="needs the transformers 4.57 environment (make install-compat)")
-def test_loads_on_transformers_457(bpe):
-    code = ("import sys; from transformers import AutoTokenizer, __version__ as v; "
-            "t = AutoTokenizer.from_pretrained(sys.argv[1]); s = 'def f():\\n  return \"🤗\"'; "
-            "m = [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Yo'}]; "
-            "print(v, type(t).__name__, len(t), t.decode(t(s)['input_ids']) == s, list(t('x')), "
-            "t.apply_chat_template(m, tokenize=False))")
-    out = subprocess.run([str(VENV457), "-c", code, str(bpe)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("4.57")
-    assert "PreTrainedTokenizerFast 600 True ['input_ids', 'attention_mask'] " \
-           "<|user|>\nHi<|eos|><|assistant|>\nYo<|eos|>" in out.stdout
 
 
 def test_chat_template(bpe):
