@@ -21,7 +21,7 @@ def test_too_new_transformers_says_how_to_install_the_export_environment(version
     assert ".venv-compat/bin/openllm export onnx MODEL OUT" in message
 
 
-@pytest.mark.skipif(Version(transformers.__version__) < Version("4.58"), reason="the compat environment exports for real")
+@pytest.mark.skipif(Version(transformers.__version__) < Version("4.58"), reason="the compat env exports for real")
 def test_cli_in_the_default_environment_fails_with_the_install_hint(dense_dir, tmp_path, capsys):
     assert cli_main(["export", "onnx", str(dense_dir), str(tmp_path / "onnx")]) == 1
     assert "make install-compat" in capsys.readouterr().out

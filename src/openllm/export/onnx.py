@@ -119,13 +119,12 @@ def onnx_model_class():
 
 
 def load_onnx_model(path: str | Path, quantized: bool = False, **kwargs):
-    """Load an exported folder for generation: `load_onnx_model(out).generate(**tokenizer(text, return_tensors="pt"))`."""
+    """An exported folder, ready for `generate`; `quantized=True` loads `model_quantized.onnx`."""
     check_onnx_environment()
     file_name = QUANTIZED_ONNX_FILE if quantized else ONNX_FILE
     if not (Path(path) / file_name).is_file():
         hint = " Export with `--quantize int8` to get it." if quantized else ""
         raise FileNotFoundError(f"No {file_name} in {path}.{hint}")
-    kwargs.setdefault("trust_remote_code", True)
     return onnx_model_class().from_pretrained(path, file_name=file_name, **kwargs)
 
 
@@ -160,6 +159,10 @@ def export_onnx(
             f"{model_path} holds a {config.model_type!r} model; `openllm export onnx` exports OpenLLM models. "
             f"For a model type optimum supports natively, run `optimum-cli export onnx --model {model_path} OUT`."
         )
+    if "AutoModelForCausalLM" not in (getattr(config, "auto_map", None) or {}):
+        # optimum tells the library from the class's module: it must come from transformers' remote-code loader
+        raise ValueError(f"{model_path} has no modeling code (`auto_map` in config.json). Load it with openllm "
+                         "installed and `save_pretrained` it again, which writes the code next to the weights.")
     output_dir = Path(output_dir)
     onnx_config = _onnx_config_class()(config, task="text-generation", use_past=True, use_past_in_inputs=True)
     main_export(
