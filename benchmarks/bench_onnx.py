@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 CONFIG = dict(vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
-BLOCK, BATCH, STEPS, LR = 128, 8, 300, 2e-3
+BLOCK, BATCH, STEPS, LR = 128, 4, 120, 5e-3
 HOW_TO_RUN = "make install-compat && .venv-compat/bin/python benchmarks/run.py --only onnx"
 
 

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import pytest
 import torch
 import transformers
@@ -108,3 +111,10 @@ def test_bad_requests_are_refused(dense_dir, dense_onnx, tmp_path):
         export_onnx(dense_dir, tmp_path / "x", quantize="int4")
     with pytest.raises(FileNotFoundError, match="No model_quantized.onnx"):
         load_onnx_model(tmp_path, quantized=True)
+    no_code = tmp_path / "no_code"
+    shutil.copytree(dense_dir, no_code)
+    config = json.loads((no_code / "config.json").read_text())
+    del config["auto_map"]
+    (no_code / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no modeling code"):
+        export_onnx(no_code, tmp_path / "y")
