@@ -422,7 +422,7 @@ def write_training_summary(trainer, stage, script_args, training_args, model_arg
     if getattr(model_args, "use_peft", False):
         summary["adapter"] = True  # the folder holds a LoRA adapter; `openllm merge` makes a standalone model
     if stage == "rlhf":
-        summary["reward"] = {"model": getattr(script_args, "reward_model_name_or_path", None),
+        summary["reward"] = {"model": getattr(script_args, "reward_model_name_or_path", None) or None,
                              "functions": list(getattr(script_args, "reward_funcs", []) or [])}
     path = Path(output_dir or training_args.output_dir) / "training_summary.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")

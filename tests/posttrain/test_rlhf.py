@@ -15,7 +15,8 @@ def test_grpo_raises_mean_reward(tmp_path, tiny_base):
     assert summary["reward"] == {"model": None, "functions": ["digits"]}
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > 3 * first and last > 0.08
-    assert summary["metrics"]["initial_reward"] == rewards[0] and summary["metrics"]["final_reward"] == rewards[-1]
+    assert summary["metrics"]["initial_reward"] == pytest.approx(rewards[0], abs=1e-6)
+    assert summary["metrics"]["final_reward"] == pytest.approx(rewards[-1], abs=1e-6)
 
 
 def test_unknown_reward_name_lists_the_valid_ones(tmp_path, tiny_base):
