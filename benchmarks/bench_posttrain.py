@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 # a model between the `tiny` and `small` presets: big enough to learn the tasks in a few minutes on two cores
-MODEL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+MODEL = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
 COMMON = dict(disable_tqdm="true", max_eval_samples=150, logging_steps=25)
 STAGES = {
-    "sft": dict(max_steps=500, per_device_train_batch_size=32, learning_rate=3e-3, max_train_samples=16000),
-    "reward": dict(max_steps=250, per_device_train_batch_size=32, learning_rate=5e-4, max_train_samples=8000),
-    "dpo": dict(max_steps=120, per_device_train_batch_size=32, learning_rate=5e-5, beta=0.1, max_train_samples=4000),
-    "rlhf": dict(max_steps=30, per_device_train_batch_size=32, num_generations=8, learning_rate=2e-5,
-                 reward_funcs=["accuracy"], logging_steps=5, max_eval_samples=150),
+    "sft": dict(max_steps=300, per_device_train_batch_size=32, learning_rate=3e-3, max_train_samples=4000),
+    "reward": dict(max_steps=150, per_device_train_batch_size=32, learning_rate=2e-3, max_train_samples=4000),
+    "dpo": dict(max_steps=60, per_device_train_batch_size=32, learning_rate=5e-5, beta=0.1, max_train_samples=4000),
+    "rlhf": dict(max_steps=12, per_device_train_batch_size=32, num_generations=8, learning_rate=2e-5,
+                 reward_funcs=["accuracy"], logging_steps=3, max_eval_samples=150),
 }
 
 

@@ -50,7 +50,7 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
 
     import openllm  # noqa: F401  (registers OpenLLM with the Auto classes)
 
-    from .posttrain import hardware_description, write_card
+    from .posttrain import hardware_description, portable_tokenizer_config, write_card
 
     start = time.perf_counter()
     try:
@@ -89,6 +89,7 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
     except (OSError, ValueError):  # the adapter folder has no tokenizer: take the base model's
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
     tokenizer.save_pretrained(output_dir)
+    portable_tokenizer_config(output_dir)
 
     adapter_summary = {}
     if (Path(adapter) / "training_summary.json").exists():

@@ -188,7 +188,7 @@ def load_stage_dataset(script_args, stage: str, seed: int = 0):
     if script_args.max_eval_samples:
         test = test.select(range(min(script_args.max_eval_samples, len(test))))
     data_format = check_dataset(train, stage, script_args.dataset_name)
-    if data_format != "text" and stage != "reward":
+    if data_format != "text":
         sample = train[0].get("prompt", train[0].get("messages", train[0].get("chosen")))
         data_format = "conversational" if isinstance(sample, list) else data_format
     return train, test, data_format
@@ -380,6 +380,7 @@ def run_and_finish(trainer, stage: str, script_args, training_args, model_args, 
     trainer.save_model(output_dir)
     summary = None
     if trainer.accelerator.is_main_process:
+        portable_tokenizer_config(output_dir)
         summary = write_training_summary(trainer, stage, script_args, training_args, model_args, metrics,
                                          train_output.metrics.get("train_runtime"))
         logger.info("%s finished: %s", stage, _json.dumps({k: v for k, v in metrics.items() if k != "expert_load"}))
@@ -389,6 +390,17 @@ def run_and_finish(trainer, stage: str, script_args, training_args, model_args, 
                         private=training_args.hub_private_repo, token=training_args.hub_token)
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def portable_tokenizer_config(folder):
+    """transformers 5 saves `"tokenizer_class": "TokenizersBackend"`, which 4.57 cannot load; the same files load as
+    `PreTrainedTokenizerFast` on both."""
+    path = Path(folder) / "tokenizer_config.json"
+    if path.exists():
+        config = json.loads(path.read_text())
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_training_summary(trainer, stage, script_args, training_args, model_args, metrics, runtime=None,
@@ -500,6 +512,7 @@ def init_base(folder, preset: str = "tiny", tokenizer=None, seed: int = 0, **ove
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    portable_tokenizer_config(folder)
     return model, tokenizer
 
 

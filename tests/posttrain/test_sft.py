@@ -79,6 +79,8 @@ def test_sft_lora_then_merge_equals_base_plus_adapter(tmp_path, tiny_base):
     merge_summary = json.loads((merged / "training_summary.json").read_text())
     assert merge_summary["stage"] == "merge" and merge_summary["base_model"] == str(tiny_base)
     assert merge_summary["metrics"]["max_abs_logit_diff"] < 1e-4
+    # tokenizer files that transformers 4.57 loads too
+    assert json.loads((merged / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
 
     ids = torch.randint(0, 384, (3, 20), generator=torch.Generator().manual_seed(1))
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
