@@ -177,7 +177,8 @@ def peft_config(model_args, model=None, task_type: str | None = None):
 
 
 def load_stage_dataset(script_args, stage: str, seed: int = 0):
-    """(train, eval or None, format) for `stage`, checked and truncated as the script arguments say."""
+    """(train, test, format) for `stage`, checked and truncated as the script arguments say; format is
+    "conversational" when examples are chat messages."""
     from .post_data import check_dataset, load_post_dataset
 
     dataset = load_post_dataset(script_args.dataset_name, stage, script_args.dataset_config,
@@ -215,7 +216,7 @@ def make_expert_load_callback():
     class ExpertLoadCallback(TrainerCallback):
         """Adds `moe/load_max`, `moe/load_min` (an expert's share × number of experts: 1.0 = balanced) and
         `moe/load_cv` (mean over layers of the coefficient of variation) to every log, and keeps the run's
-        per-layer load in `self.total_counts` for the summary."""
+        per-layer load in `self.total` for the summary."""
 
         def __init__(self):
             self.total = {}
