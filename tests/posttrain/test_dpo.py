@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_recipe, write_jsonl
+from recipe_helpers import run_recipe, write_jsonl
 from openllm.post_data import format_examples, make_task_examples
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPES, load_recipe
+from recipe_helpers import RECIPES, load_recipe
 
 CONFIGS = sorted(RECIPES.glob("*.yaml"))
 

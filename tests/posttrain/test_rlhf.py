@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import RECIPES, load_recipe, run_recipe
+from recipe_helpers import RECIPES, load_recipe, run_recipe
 
 
 def test_grpo_raises_mean_reward(tmp_path, tiny_base):
