@@ -443,12 +443,9 @@ def write_training_summary(trainer, stage, script_args, training_args, model_arg
 
 
 def write_card(folder) -> bool:
-    """Render the model card with `openllm.model_card.write_model_card`, when that module is available."""
-    try:
-        from .model_card import write_model_card
-    except ImportError:
-        logger.info("openllm.model_card is not available; no model card written for %s.", folder)
-        return False
+    """Render the model card (README.md) from what the folder records."""
+    from .model_card import write_model_card
+
     try:
         write_model_card(folder)
     except Exception as e:  # the trained model is already saved: report, don't lose the run over the card
