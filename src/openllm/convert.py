@@ -147,7 +147,7 @@ def _load(model, state_dict):
 
 
 def _per_expert_layout(state_dict) -> bool:
-    """Whether Mixtral keeps one `w1/w2/w3` module per expert (transformers 4.57) instead of fused 3-D weights (5.x)."""
+    """Whether Mixtral stores one `w1/w2/w3` module per expert (transformers 4.57), not fused 3-D weights (5.x)."""
     return any(".block_sparse_moe." in key for key in state_dict)
 
 
