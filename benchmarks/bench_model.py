@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 PRESET = "small"
 BATCH, SEQ_LEN = 4, 256  # 1,024 tokens per training step
-TRAIN_WARMUP, TRAIN_STEPS = 2, 6
-PROMPT_LEN, NEW_TOKENS, GEN_WARMUP, GEN_RUNS = 32, 64, 1, 3
+TRAIN_WARMUP, TRAIN_STEPS = 2, 8
+PROMPT_LEN, NEW_TOKENS, GEN_WARMUP, GEN_RUNS = 32, 64, 1, 6
 PRECISIONS = ("fp32", "bf16")
 
 
