@@ -335,6 +335,63 @@ def expert_load(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Language-modelling loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """Summed token cross-entropy of (N, V) logits, computed in fp32 a block of rows at a time.
+
+    Equal to `F.cross_entropy(logits.float(), targets, reduction="sum")`, but no fp32 copy of the logits, their
+    log-softmax or their gradient is ever materialised whole: each block holds a few MiB.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index, block):
+        valid = targets != ignore_index
+        targets = targets.masked_fill(~valid, 0)
+        losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for start in range(0, logits.shape[0], block):
+            rows = slice(start, start + block)
+            log_probs = torch.log_softmax(logits[rows], dim=-1, dtype=torch.float32)
+            losses[rows] = -log_probs.gather(1, targets[rows, None]).squeeze(1)
+        ctx.save_for_backward(logits, targets, valid)
+        ctx.block = block
+        return (losses * valid).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, targets, valid = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        scale = valid * grad_output
+        for start in range(0, logits.shape[0], ctx.block):
+            rows = slice(start, start + ctx.block)
+            probs = torch.softmax(logits[rows], dim=-1, dtype=torch.float32)
+            probs[torch.arange(probs.shape[0], device=probs.device), targets[rows]] -= 1.0
+            grad[rows] = probs.mul_(scale[rows, None])
+        return grad, None, None, None
+
+
+def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
+                   shift_labels=None, **kwargs) -> torch.Tensor:
+    """transformers' `ForCausalLMLoss` (same arguments, same value: mean over non-ignored tokens, or sum divided by
+    `num_items_in_batch`), without its full-size fp32 intermediates, which dominate memory with a large vocabulary."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    logits = logits.reshape(-1, vocab_size)
+    targets = shift_labels.reshape(-1).to(logits.device)
+    # 8 MiB of fp32 rows per block on a CPU (near cache-sized, yet few parallel regions); far larger blocks on
+    # accelerators, where every block costs kernel launches
+    block = max(1, (2**23 if logits.device.type == "cpu" else 2**28) // (4 * vocab_size))
+    total = _CrossEntropySum.apply(logits, targets, ignore_index, block)
+    if num_items_in_batch is None:
+        return total / (targets != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -491,6 +548,7 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         self.model = OpenLLMModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.loss_function = causal_lm_loss  # assign another loss function to replace it
         self.post_init()
 
     def get_input_embeddings(self):
