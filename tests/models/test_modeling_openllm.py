@@ -227,6 +227,8 @@ def test_config_validation_errors():
         tiny_moe_config(num_experts_per_tok=5)
     with pytest.raises(ValueError, match="rope_type"):
         tiny_config(rope_parameters={"rope_type": "mystery", "factor": 2.0})
+    with pytest.raises(ValueError, match="original_max_position_embeddings"):
+        tiny_config(rope_parameters={"rope_type": "llama3", "factor": 8.0})
     with pytest.raises(ValueError, match="mlp_only_layers"):
         tiny_moe_config(mlp_only_layers=[7])
     with pytest.raises(ValueError, match="Unknown preset 'huge'"):

@@ -115,6 +115,9 @@ class OpenLLMConfig(PretrainedConfig):
         rope = dict(rope_parameters or kwargs.pop("rope_scaling", None) or {})
         rope.setdefault("rope_type", rope.pop("type", "default"))
         rope["rope_theta"] = self.rope_theta
+        if rope["rope_type"] == "llama3":  # Llama 3.1's values, written out so every reader sees the same ones
+            rope.setdefault("low_freq_factor", 1.0)
+            rope.setdefault("high_freq_factor", 4.0)
         self.rope_parameters = rope
         self.attention_dropout = attention_dropout
         self.num_experts = num_experts
@@ -154,6 +157,9 @@ class OpenLLMConfig(PretrainedConfig):
             fail(f"`rope_parameters['rope_type']` must be one of {ROPE_TYPES}, got {rope_type!r}.")
         if rope_type != "default" and "factor" not in self.rope_parameters:
             fail(f"rope_type {rope_type!r} needs a `factor` in `rope_parameters`.")
+        if rope_type == "llama3" and "original_max_position_embeddings" not in self.rope_parameters:
+            fail("rope_type 'llama3' needs `original_max_position_embeddings` in `rope_parameters`: the context "
+                 "length the model was trained with before scaling.")
         if self.num_experts < 0:
             fail(f"`num_experts` must be >= 0 (0 means dense), got {self.num_experts}.")
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:

@@ -90,8 +90,8 @@ def rope_inverse_frequencies(config: OpenLLMConfig) -> torch.Tensor:
     if rope["rope_type"] == "linear":
         return inv_freq / rope["factor"]
     if rope["rope_type"] == "llama3":
-        factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-        old_len = rope.get("original_max_position_embeddings", config.max_position_embeddings)
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old_len = rope["original_max_position_embeddings"]
         wavelen = 2 * math.pi / inv_freq
         scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
         smooth = (old_len / wavelen - low) / (high - low)
