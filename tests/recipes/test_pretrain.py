@@ -170,3 +170,17 @@ def test_precision_auto_matches_the_cpu():
     assert PretrainConfig(output_dir="unused", precision="fp32").bf16 is False
     with pytest.raises(ValueError, match="precision must be one of"):
         PretrainConfig(output_dir="unused", precision="int8")
+
+
+def test_finished_folder_has_evaluation_and_a_card_with_its_numbers(uninterrupted, workdir):
+    from huggingface_hub import ModelCard
+
+    folder = workdir / "full"
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results["dataset"]["documents"] == uninterrupted["data"]["eval_documents"]
+    assert results["metrics"]["perplexity"] == pytest.approx(math.exp(results["metrics"]["loss"]))
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    reported = {m["type"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert reported["perplexity"] == pytest.approx(results["metrics"]["perplexity"], rel=1e-5)
+    assert "1 × " in card.text and f"{uninterrupted['metrics']['num_parameters']:,}" in card.text
+    assert (folder / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
