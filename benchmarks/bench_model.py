@@ -199,8 +199,10 @@ def render(rows, peak, config) -> str:
         "transformers' causal-LM cross-entropy (same value, same `num_items_in_batch` semantics) block by block in "
         "fp32, without full-size fp32 copies of the 32k-vocabulary logits, their log-softmax and their gradient. "
         "Both models train with fused AdamW (the Trainer's default) and attention through SDPA. Timings are medians "
-        "of interleaved runs on a machine shared with other jobs, which move single numbers by tens of percent; the "
-        "ratio column, measured side by side, is the steadier one.",
+        "of interleaved runs, so both models see the same machine state; single numbers move by several percent from "
+        "run to run (generation, dominated by per-token Python overhead, the most), the ratio column is the steadier "
+        "one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in the run; "
+        "torch.compile was tried and left out (about two minutes of compilation, no faster steps on this CPU).",
     ]
     return "\n".join(lines)
 
