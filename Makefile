@@ -55,8 +55,11 @@ test-compat:
 slow_test:
 	$(BIN)/python -m pytest -m slow -q
 
+# the ONNX benchmark runs in the transformers-4.57 environment, when it exists
 bench:
 	$(BIN)/python benchmarks/run.py --write-readme
+	if [ -x $(VENV_COMPAT)/bin/python ]; then $(VENV_COMPAT)/bin/python benchmarks/run.py --only onnx --write-readme; \
+	else echo "ONNX benchmark skipped: run make install-compat first"; fi
 
 style:
 	$(BIN)/ruff format src tests recipes benchmarks

@@ -166,7 +166,8 @@ def main(write_readme: bool = False):
         f"ONNX Runtime vs PyTorch, {params / 1e6:.1f}M-parameter OpenLLM model ({CONFIG['num_hidden_layers']} "
         f"layers, hidden {CONFIG['hidden_size']}) trained {STEPS} steps of {BATCH}×{BLOCK} tokens on "
         f"{train_tokens / 1e6:.2f}M tokens of standard-library docstrings; perplexity on {len(held_out)} held-out "
-        f"blocks of {BLOCK} tokens; prefill = one {BLOCK}-token forward, decode = greedy `generate` of 64 tokens with KV cache (medians); {threads} threads each. "
+        f"blocks of {BLOCK} tokens; prefill = one {BLOCK}-token forward, decode = greedy `generate` "
+        f"of 64 tokens with KV cache (medians); {threads} threads each. "
         f"transformers 4.57, optimum-onnx, onnxruntime. {_machine()}.",
         "",
         "| runtime | perplexity | Δ perplexity | prefill ms | prefill speed-up | decode tok/s | decode speed-up "

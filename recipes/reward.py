@@ -21,8 +21,16 @@ from openllm.posttrain import PostTrainArguments
 def main(script_args, training_args, model_args):
     from trl import RewardTrainer
 
-    from openllm.posttrain import (load_model, load_stage_dataset, load_tokenizer, peft_config,
-                                   require_chat_template, run_and_finish, setup_logging, take_push_to_hub)
+    from openllm.posttrain import (
+        load_model,
+        load_stage_dataset,
+        load_tokenizer,
+        peft_config,
+        require_chat_template,
+        run_and_finish,
+        setup_logging,
+        take_push_to_hub,
+    )
 
     setup_logging()
     # Data: checked before the model is loaded

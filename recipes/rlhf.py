@@ -23,8 +23,16 @@ def main(script_args, training_args, model_args):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import GRPOTrainer
 
-    from openllm.posttrain import (load_model, load_stage_dataset, load_tokenizer, peft_config,
-                                   require_chat_template, run_and_finish, setup_logging, take_push_to_hub)
+    from openllm.posttrain import (
+        load_model,
+        load_stage_dataset,
+        load_tokenizer,
+        peft_config,
+        require_chat_template,
+        run_and_finish,
+        setup_logging,
+        take_push_to_hub,
+    )
     from openllm.rewards import get_reward_funcs
 
     setup_logging()

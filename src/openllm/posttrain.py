@@ -138,8 +138,9 @@ def model_init_kwargs(model_args, training_args) -> dict:
 def load_model(model_args, training_args, sequence_classification: bool = False):
     """The model to train: a causal LM, or (reward models) a 1-label sequence classifier whose decoder is initialised
     from the causal LM checkpoint and whose `score` head is new."""
-    import openllm  # noqa: F401  (registers OpenLLM with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    import openllm  # noqa: F401  (registers OpenLLM with the Auto classes)
 
     kwargs = model_init_kwargs(model_args, training_args)
     if sequence_classification:

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tiny_checkpoints import make_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, MixtralForCausalLM
 
 from openllm.cli import main
-from tiny_checkpoints import make_checkpoint
 
 
 @pytest.mark.parametrize("preset, target, cls", [("tiny", "llama", LlamaForCausalLM),

@@ -93,8 +93,8 @@ def test_sdpa_equals_eager(config, ids):
     sdpa.load_state_dict(eager.state_dict())
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
-    torch.testing.assert_close(sdpa(ids, attention_mask=mask).logits[0, 2:], eager(ids, attention_mask=mask).logits[0, 2:],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sdpa(ids, attention_mask=mask).logits[0, 2:],
+                               eager(ids, attention_mask=mask).logits[0, 2:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sdpa(ids).logits, eager(ids).logits, atol=1e-5, rtol=1e-5)
 
 
@@ -209,8 +209,8 @@ def test_rope_scaling_linear_stretches_positions(ids):
     scaled.load_state_dict(base.state_dict())
     positions = torch.arange(7)[None].expand(3, 7)
     # linear scaling by 2 at position p is plain RoPE at position p / 2
-    torch.testing.assert_close(scaled(ids, position_ids=positions * 2).logits, base(ids, position_ids=positions).logits,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scaled(ids, position_ids=positions * 2).logits,
+                               base(ids, position_ids=positions).logits, atol=1e-5, rtol=1e-5)
     llama3 = tiny_config(rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
     inv = make_model(llama3).model.rotary_emb.inv_freq

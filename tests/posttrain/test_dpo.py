@@ -1,8 +1,8 @@
 """DPO recipe: on its training pairs, preference accuracy and reward margin rise (full and LoRA)."""
 
 import pytest
-
 from recipe_helpers import run_recipe, write_jsonl
+
 from openllm.post_data import format_examples, make_task_examples
 
 

@@ -2,10 +2,17 @@
 
 import pytest
 from datasets import Dataset
-
 from recipe_helpers import write_jsonl
-from openllm.post_data import (TASKS, check_dataset, format_examples, is_correct, load_post_dataset,
-                               make_task_examples, synthetic_dataset)
+
+from openllm.post_data import (
+    TASKS,
+    check_dataset,
+    format_examples,
+    is_correct,
+    load_post_dataset,
+    make_task_examples,
+    synthetic_dataset,
+)
 from openllm.rewards import REWARD_FUNCS, get_reward_funcs
 
 

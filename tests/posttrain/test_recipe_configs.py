@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from recipe_helpers import RECIPES, load_recipe
 
 STAGES = {"sft", "dpo", "reward", "rlhf"}  # pretraining configs are checked in tests/recipes

@@ -4,10 +4,8 @@ import json
 
 import pytest
 import torch
-
-from safetensors.torch import load_file
-
 from recipe_helpers import run_recipe
+from safetensors.torch import load_file
 
 
 @pytest.mark.slow  # ~100 s on two idle cores: held-out parity is learned abruptly, after 100-250 steps

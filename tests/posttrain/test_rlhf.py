@@ -1,7 +1,6 @@
 """RLHF recipe (GRPO): mean reward rises on a checkable reward; rewards come from a registry or a reward model."""
 
 import pytest
-
 from recipe_helpers import RECIPES, load_recipe, run_recipe
 
 

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 import torch
-
-from recipe_helpers import load_recipe, run_recipe, RECIPES
+from recipe_helpers import RECIPES, load_recipe, run_recipe
 
 ANSWER = re.compile(r"(\d+|even|odd|[a-f]{3,5})</s>")
 FAST = dict(max_train_samples=400, max_eval_samples=32, logging_steps=5)

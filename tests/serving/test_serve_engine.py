@@ -4,10 +4,9 @@ import threading
 
 import pytest
 import torch
+from tiny_model import make_tiny_model
 
 from openllm.serving.engine import Engine, SamplingParams, Sequence
-
-from tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="module")

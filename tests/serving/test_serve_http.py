@@ -17,7 +17,6 @@ import pytest
 import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
-
 from tiny_model import make_tiny_model
 
 API_KEY = "test-key"

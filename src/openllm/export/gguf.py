@@ -194,8 +194,8 @@ def _llama_tensors(model):
     if not config.tie_word_embeddings:  # llama.cpp reuses token_embd when `output` is absent
         yield names[tensor.OUTPUT] + ".weight", model.lm_head.weight
     for i, layer in enumerate(base.layers):
-        def name(kind):
-            return names[kind].format(bid=i) + ".weight"
+        def name(kind, bid=i):
+            return names[kind].format(bid=bid) + ".weight"
 
         attn = layer.self_attn
         yield name(tensor.ATTN_NORM), layer.input_layernorm.weight

@@ -74,7 +74,8 @@ async def read_json(request: Request, schema: type[BaseModel], limit: int) -> Ba
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400 if request.url.path.startswith("/v1/") else 422, f"Request body is not valid JSON: {e}")
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        raise APIError(status, f"Request body is not valid JSON: {e}") from None
     try:
         return schema.model_validate(data)
     except PydanticValidationError as e:
@@ -84,7 +85,7 @@ async def read_json(request: Request, schema: type[BaseModel], limit: int) -> Ba
         if first["type"] == "extra_forbidden":
             message = f"unknown field `{where}`; see the API reference for accepted fields"
         raise APIError(400 if request.url.path.startswith("/v1/") else 422, f"{where}: {message}",
-                       param=where if request.url.path.startswith("/v1/") else None)
+                       param=where if request.url.path.startswith("/v1/") else None) from None
 
 
 class Generation:
@@ -106,7 +107,7 @@ class Generation:
         try:
             engine.submit(self.seq)
         except QueueFullError as e:
-            raise APIError(429, str(e), kind="overloaded")
+            raise APIError(429, str(e), kind="overloaded") from None
 
     async def __aiter__(self):
         first = True
@@ -454,7 +455,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
             prompt = tokenizer.apply_chat_template([m.as_template_message() for m in body.messages],
                                                    add_generation_prompt=True, tokenize=False)
         except Exception as e:  # templates raise on conversations they do not accept (e.g. role order)
-            raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages")
+            raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages") from None
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         max_tokens = body.max_completion_tokens or body.max_tokens
         params = openai_params(body, max_tokens, prompt_ids, top_n=(body.top_logprobs or 0) if body.logprobs else 0)
