@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand → (module that defines `add_arguments(parser)` and `run(args)`, one-line help)
@@ -31,7 +32,13 @@ def main(argv=None) -> int:
     command = argparse.ArgumentParser(prog=f"openllm {argv[0]}", description=help_text)
     module.add_arguments(command)
     args = command.parse_args(argv[1:])
-    return module.run(args) or 0
+    try:
+        return module.run(args) or 0
+    except (FileNotFoundError, ValueError, OSError) as error:  # bad input: the message says what to fix
+        if os.environ.get("OPENLLM_DEBUG"):
+            raise
+        print(f"openllm {argv[0]}: error: {error}\n(set OPENLLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 import sys
 from pathlib import Path
 
+from .paths import check_model_path
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -17,14 +19,8 @@ def load_causal_lm(model_name_or_path: str, device: str | None = None, dtype: st
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_path(model_name_or_path)
     path = Path(model_name_or_path)
-    if path.exists() or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1:
-        if not path.is_dir():
-            raise FileNotFoundError(f"Model folder {model_name_or_path!r} does not exist. Pass a folder written by "
-                                    "`save_pretrained` or a Hub model id such as `org/name`.")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{model_name_or_path!r} has no config.json, so it is not a model folder. Pass a "
-                                    "folder written by `save_pretrained` (with its tokenizer) or a Hub model id.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=True)
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)

@@ -21,7 +21,9 @@ def test_cli_export_gives_a_native_checkpoint_with_the_same_logits(tmp_path, pre
     torch.testing.assert_close(native(ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_cli_export_refuses_the_wrong_family(tmp_path):
+def test_cli_export_refuses_the_wrong_family_and_missing_folders(tmp_path, capsys):
     source = make_checkpoint(tmp_path / "openllm", "tiny")
-    with pytest.raises(ValueError, match="(?i)dense|mixtral|llama"):
-        main(["export", "mixtral", str(source), str(tmp_path / "out")])
+    assert main(["export", "mixtral", str(source), str(tmp_path / "out")]) == 2
+    assert "openllm export: error:" in capsys.readouterr().err
+    assert main(["export", "gguf", str(tmp_path / "nope"), str(tmp_path / "x.gguf")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -11,6 +11,8 @@ import copy
 import json
 from pathlib import Path
 
+from ..paths import check_model_path
+
 DTYPES = ("f32", "f16", "q8_0")
 
 # pre-tokenizer regexes llama.cpp re-implements, by the name it knows them under (`tokenizer.ggml.pre`)
@@ -37,6 +39,7 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
 
     import openllm  # noqa: F401  (registers the OpenLLM classes, so no remote code runs)
 
+    check_model_path(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     config = model.config
     _check_llama_compatible(config)

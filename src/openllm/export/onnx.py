@@ -11,6 +11,8 @@ import platform
 import types
 from pathlib import Path
 
+from ..paths import check_model_path
+
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"
 # the newest transformers that optimum-onnx 0.1 exports with; it pins `transformers<4.58`
@@ -153,6 +155,7 @@ def export_onnx(
     from optimum.exporters.onnx import main_export
     from transformers import AutoConfig
 
+    check_model_path(str(model_path))
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
     if config.model_type != "openllm":
         raise ValueError(

@@ -9,6 +9,8 @@ import ipaddress
 import logging
 import os
 
+from ..paths import check_model_path
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -50,6 +52,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", revisio
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    check_model_path(model_id)
     tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code,
                                                  dtype=getattr(torch, dtype))
