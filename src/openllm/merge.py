@@ -35,7 +35,7 @@ def run(args):
     print(f"Merged {args.adapter} into {summary['base_model']} → {args.output_dir} "
           f"(max |logit difference| vs base+adapter: {summary['metrics']['max_abs_logit_diff']:.2e})")
     if args.push_to_hub:
-        from .posttrain import push_folder
+        from .hub import push_folder
 
         push_folder(args.output_dir, args.push_to_hub)
     return 0

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from trl import ScriptArguments, SFTConfig
 
+from .hub import push_folder
+
 logger = logging.getLogger("openllm.posttrain")
 
 # PEFT has no default LoRA targets for model_type "openllm". Fused expert weights are parameters, not nn.Linear, so on
@@ -460,33 +462,6 @@ def take_push_to_hub(training_args):
     `run_and_finish` instead, with its summary and card."""
     training_args._openllm_push_to_hub = bool(training_args.push_to_hub)
     training_args.push_to_hub = False
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
-def push_folder(folder, repo_id: str, private: bool | None = None, token: str | None = None) -> str | None:
-    """Upload `folder` to the model repo `repo_id`; offline or on a network error, say so and leave the folder ready.
-    Returns the repo URL, or None when nothing was pushed."""
-    command = f"hf upload {repo_id} {folder} ."
-    if _offline():
-        logger.warning("HF_HUB_OFFLINE is set: %s was not pushed. The folder is ready; push it later with `%s`.",
-                       folder, command)
-        return None
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=url.repo_id, repo_type="model",
-                          commit_message="Upload model trained with openllm")
-    except Exception as e:  # connection, auth or permission: the run itself succeeded
-        logger.warning("Pushing %s to %s failed (%s: %s). The folder is ready; push it later with `%s`.",
-                       folder, repo_id, type(e).__name__, e, command)
-        return None
-    logger.info("Pushed %s to https://huggingface.co/%s", folder, url.repo_id)
-    return f"https://huggingface.co/{url.repo_id}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

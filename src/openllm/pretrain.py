@@ -19,6 +19,7 @@ from transformers import ProgressCallback, Trainer, TrainerCallback
 
 from .configs import DataArguments, ModelArguments, PretrainConfig
 from .data import bits_per_byte, load_corpus, pack_corpus
+from .hub import push_folder
 from .tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -185,25 +186,6 @@ def describe_hardware(args: PretrainConfig) -> str:
     return f"{args.world_size} × {device}, {precision}"
 
 
-def push_folder(folder: str, args: PretrainConfig) -> Optional[str]:
-    """Upload `folder` (without checkpoints) to `args.hub_model_id`; without a network, say how to do it later."""
-    repo_id = args.hub_model_id or os.path.basename(os.path.abspath(folder))
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=args.hub_token)
-        url = api.create_repo(repo_id, exist_ok=True, private=args.hub_private_repo).repo_id
-        api.upload_folder(repo_id=url, folder_path=folder, commit_message="Upload pretrained OpenLLM model",
-                          ignore_patterns=["checkpoint-*", "checkpoint-*/**", "runs/**"])
-        logger.info("Pushed %s to https://huggingface.co/%s", folder, url)
-        return url
-    except Exception as e:  # offline, no token, no rights: the folder stays ready to push
-        logger.warning("Could not push to the Hub (%s: %s). %s is ready; push it later with: "
-                       "hf upload %s %s --exclude 'checkpoint-*/*'", type(e).__name__, str(e).splitlines()[0][:200],
-                       folder, repo_id, folder)
-        return None
-
-
 def evaluate_and_card(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig) -> dict:
     """Score held-out documents into `eval_results.json` (with samples and a reliability diagram), then render
     the model card from the folder."""
@@ -335,9 +317,10 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
         if training_args.final_eval_documents and corpus.eval is not None:
             evaluate_and_card(model, tokenizer, corpus, data_args, training_args)
         if push:
-            push_folder(output_dir, training_args)
+            push_folder(output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                        token=training_args.hub_token, commit_message="Upload pretrained OpenLLM model")
     return summary
 
 
 __all__ = ["make_parser", "pretrain", "PretrainTrainer", "check_block_size", "get_model_config", "get_tokenizer",
-           "get_model", "describe_hardware", "push_folder", "SUMMARY_FILE"]
+           "get_model", "describe_hardware", "SUMMARY_FILE"]
