@@ -50,7 +50,7 @@ test:
 
 # the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
 test-compat:
-	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export -m "not slow" -q -p no:cacheprovider
+	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export tests/data/test_tokenizer_portable.py -m "not slow" -q -p no:cacheprovider
 
 slow_test:
 	$(BIN)/python -m pytest -m slow -q

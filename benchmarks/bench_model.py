@@ -1,5 +1,5 @@
 """OpenLLM `small` against transformers' `LlamaForCausalLM` with the same shapes and the same weights (converted with
-`openllm.convert.to_llama`), measured side by side in one process on this machine.
+`openllm.export.convert.to_llama`), measured side by side in one process on this machine.
 
 Training: tokens/s of a full step (forward, backward, AdamW) on batches of random tokens. Generation: tokens/s of
 greedy `generate` with the KV cache, batch 1. Both in fp32 and under bf16 autocast. The two models alternate step by
@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "bf16")
 def build_models():
     """(ours, llama) with identical weights; the logits check proves the comparison is like for like."""
     from openllm import OpenLLMForCausalLM, get_preset_config
-    from openllm.convert import max_logit_difference, to_llama
+    from openllm.export.convert import max_logit_difference, to_llama
 
     torch.manual_seed(0)
     ours = OpenLLMForCausalLM(get_preset_config(PRESET))
@@ -127,7 +127,7 @@ def _peak_rss_child(model: str, task: str, precision: str) -> None:
     from transformers import LlamaForCausalLM
 
     from openllm import OpenLLMForCausalLM, get_preset_config
-    from openllm.convert import llama_config
+    from openllm.export.convert import llama_config
 
     config = get_preset_config(PRESET)
     chosen = OpenLLMForCausalLM(config) if model == "ours" else LlamaForCausalLM(llama_config(config))

@@ -20,9 +20,9 @@ STEPS = 150
 
 
 def run(name, overrides, out, tokenizer):
-    from openllm.configs import DataArguments, ModelArguments, PretrainConfig
     from openllm.models.presets import parameter_counts
-    from openllm.pretrain import get_model_config, pretrain
+    from openllm.training.arguments import DataArguments, ModelArguments, PretrainConfig
+    from openllm.training.pretrain import get_model_config, pretrain
 
     data = DataArguments(dataset_name="builtin:python-docs", text_column="text", eval_fraction=0.02,
                          block_size=256, vocab_size=4096, tokenizer_name_or_path=tokenizer)

@@ -52,8 +52,8 @@ def per_task_accuracy(folder, n=150) -> dict:
     """Greedy exact-match accuracy on each task's held-out questions."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from openllm.post_data import TASKS, format_examples, make_task_examples
-    from openllm.posttrain import answer_accuracy
+    from openllm.data.post_training import TASKS, format_examples, make_task_examples
+    from openllm.training.posttrain import answer_accuracy
 
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -67,7 +67,7 @@ def per_task_accuracy(folder, n=150) -> dict:
 def main(write_readme: bool = False):
     import torch
 
-    from openllm.posttrain import init_base
+    from openllm.training.posttrain import init_base
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="bench-posttrain-"))

@@ -12,13 +12,13 @@ training_summary.json records the preference accuracy and reward margin on the t
 
 from trl import DPOConfig, ModelConfig, TrlParser
 
-from openllm.posttrain import PostTrainArguments
+from openllm.training.posttrain import PostTrainArguments
 
 
 def main(script_args, training_args, model_args):
     from trl import DPOTrainer
 
-    from openllm.posttrain import (
+    from openllm.training.posttrain import (
         load_model,
         load_stage_dataset,
         load_tokenizer,

@@ -14,8 +14,8 @@ interruption resumes from the last checkpoint-* in it.
 import json
 import os
 
-from openllm.configs import DataArguments, ModelArguments, PretrainConfig
-from openllm.pretrain import make_parser, pretrain
+from openllm.training.arguments import DataArguments, ModelArguments, PretrainConfig
+from openllm.training.pretrain import make_parser, pretrain
 
 
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig):

@@ -15,13 +15,13 @@ scores above rejected) and margin before and after training. The folder is what 
 
 from trl import ModelConfig, RewardConfig, TrlParser
 
-from openllm.posttrain import PostTrainArguments
+from openllm.training.posttrain import PostTrainArguments
 
 
 def main(script_args, training_args, model_args):
     from trl import RewardTrainer
 
-    from openllm.posttrain import (
+    from openllm.training.posttrain import (
         load_model,
         load_stage_dataset,
         load_tokenizer,

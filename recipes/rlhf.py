@@ -7,7 +7,7 @@ starting model when `beta > 0`).
     python recipes/rlhf.py --config recipes/rlhf_debug.yaml
 
 Rewards: `reward_model_name_or_path` (a folder from recipes/reward.py) and `reward_funcs`, names from
-`openllm.rewards.REWARD_FUNCS` (accuracy, closeness, answer_format, brevity, digits); dataset columns such as
+`openllm.training.rewards.REWARD_FUNCS` (accuracy, closeness, answer_format, brevity, digits); dataset columns such as
 `answer` reach the functions as keyword arguments. training_summary.json records the mean reward of the first and
 last logged steps (`initial_reward`, `final_reward`).
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 
 from trl import GRPOConfig, ModelConfig, TrlParser
 
-from openllm.posttrain import RLHFArguments
+from openllm.training.posttrain import RLHFArguments
 
 
 def main(script_args, training_args, model_args):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import GRPOTrainer
 
-    from openllm.posttrain import (
+    from openllm.training.posttrain import (
         load_model,
         load_stage_dataset,
         load_tokenizer,
@@ -33,7 +33,7 @@ def main(script_args, training_args, model_args):
         setup_logging,
         take_push_to_hub,
     )
-    from openllm.rewards import get_reward_funcs
+    from openllm.training.rewards import get_reward_funcs
 
     setup_logging()
     # Rewards and data: checked before any model is loaded

@@ -6,7 +6,7 @@ unless the config says otherwise; `packing: true` packs examples into `max_lengt
     accelerate launch recipes/sft.py --config recipes/sft_full.yaml
     accelerate launch recipes/sft.py --config recipes/sft_lora.yaml
     # CPU, minutes: an untrained tiny model on the synthetic checkable tasks
-    python -m openllm.posttrain init-base outputs/tiny-base --preset tiny
+    python -m openllm.training.posttrain init-base outputs/tiny-base --preset tiny
     python recipes/sft.py --config recipes/sft_debug.yaml
 
 Any config key can be overridden on the command line (`--learning_rate 1e-4`); unknown keys are errors. A LoRA run
@@ -15,13 +15,13 @@ saves an adapter: `openllm merge --adapter OUTPUT_DIR --output-dir MERGED` makes
 
 from trl import ModelConfig, TrlParser
 
-from openllm.posttrain import OpenLLMSFTConfig, PostTrainArguments
+from openllm.training.posttrain import OpenLLMSFTConfig, PostTrainArguments
 
 
 def main(script_args, training_args, model_args):
     from trl import SFTTrainer
 
-    from openllm.posttrain import (
+    from openllm.training.posttrain import (
         load_model,
         load_stage_dataset,
         load_tokenizer,

@@ -19,3 +19,28 @@ def _seed_and_dtype():
     dtype = torch.get_default_dtype()
     yield
     torch.set_default_dtype(dtype)
+
+
+# a tiny trained-tokenizer model shared by the evaluation, generation and model-card tests
+@pytest.fixture(scope="session")
+def lm_tokenizer():
+    from helpers.tiny_lm import train_tokenizer
+
+    return train_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, lm_tokenizer):
+    from helpers.tiny_lm import save_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    save_tiny_model(folder, lm_tokenizer)
+    return folder
+
+
+# the small tokenizer of the synthetic post-training tasks
+@pytest.fixture(scope="session")
+def task_tokenizer():
+    from openllm.data.post_training import make_example_tokenizer
+
+    return make_example_tokenizer()

@@ -7,13 +7,13 @@ import sys
 
 # subcommand → (module that defines `add_arguments(parser)` and `run(args)`, one-line help)
 COMMANDS = {
-    "tokenizer": ("openllm.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)"),
-    "eval": ("openllm.evaluation", "perplexity, bits-per-byte, calibration and samples of a model"),
-    "generate": ("openllm.generation", "generate text from a model, streaming to the terminal"),
+    "tokenizer": ("openllm.data.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)"),
+    "eval": ("openllm.evaluation.perplexity", "perplexity, bits-per-byte, calibration and samples of a model"),
+    "generate": ("openllm.evaluation.generation", "generate text from a model, streaming to the terminal"),
     "serve": ("openllm.serving.cli", "serve a model over the TGI and OpenAI HTTP protocols"),
     "export": ("openllm.export", "export a model to ONNX, Llama/Mixtral format or GGUF"),
-    "convert": ("openllm.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),
-    "merge": ("openllm.merge", "merge a LoRA adapter into its base model"),
+    "convert": ("openllm.export.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),
+    "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "presets": ("openllm.models.presets", "list the model presets and their parameter counts"),
 }
 

@@ -1,21 +1,12 @@
-"""Fixtures for the evaluation, generation and model-card tests."""
-
 import json
 
 import pytest
-from eval_helpers import CORPUS, save_tiny_model, train_tokenizer
+from helpers.tiny_lm import CORPUS
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    save_tiny_model(folder, tokenizer)
-    return folder
+def tokenizer(lm_tokenizer):
+    return lm_tokenizer
 
 
 @pytest.fixture(scope="session")

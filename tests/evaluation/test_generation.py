@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from openllm.cli import main
-from openllm.generation import build_prompt, generate, load_causal_lm
+from openllm.evaluation.generation import build_prompt, generate, load_causal_lm
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>{% endfor %}"
                  "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")

@@ -51,7 +51,7 @@ def run(args):
         out = export_gguf(args.model, args.output, dtype=args.dtype)
         print(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB). Run it with: llama-cli -m {out}")
     else:
-        from ..convert import convert_checkpoint  # the Llama/Mixtral mapping lives with `openllm convert`
+        from .convert import convert_checkpoint  # the Llama/Mixtral mapping lives with `openllm convert`
 
         convert_checkpoint(args.model, args.output, to=args.format)
         print(f"Wrote a {args.format} checkpoint to {args.output}.")

@@ -11,7 +11,7 @@ import copy
 import json
 from pathlib import Path
 
-from ..paths import check_model_path
+from ..hub.paths import check_model_path
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -37,7 +37,7 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import openllm  # noqa: F401  (registers the OpenLLM classes, so no remote code runs)
+    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
 
     check_model_path(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)

@@ -11,7 +11,7 @@ import platform
 import types
 from pathlib import Path
 
-from ..paths import check_model_path
+from ..hub.paths import check_model_path
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 import os
 
-from ..paths import check_model_path
+from ..hub.paths import check_model_path
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -46,7 +46,7 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto", revisio
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import openllm  # noqa: F401  (registers the OpenLLM architecture with the Auto classes)
+    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,2 @@
+"""Data for every stage: pretraining corpora (`corpus`), tokenizers (`tokenizer`), post-training datasets and the
+synthetic checkable tasks (`post_training`)."""

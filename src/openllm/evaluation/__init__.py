@@ -1,0 +1,1 @@
+"""Evaluation: held-out perplexity, bits per byte and calibration (`perplexity`), generation (`generation`)."""

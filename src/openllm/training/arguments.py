@@ -1,0 +1,145 @@
+"""Arguments of the training recipes, as dataclasses that `TrlParser` fills from a YAML file and the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DataArguments:
+    """Where the pretraining text comes from, how it is cleaned and split, and the tokenizer that encodes it."""
+
+    dataset_name: str = field(
+        default="rajpurkar/squad",
+        metadata={"help": "Hub dataset id, local file/folder/glob (.txt .md .jsonl .json .parquet .csv), or "
+                          "'builtin:python-docs' (the standard library's docstrings, offline)."})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_splits: Optional[list[str]] = field(
+        default=None, metadata={"help": "Hub splits to read; all of them by default (the held-out split is ours)."})
+    text_column: str = field(default="context", metadata={"help": "Column holding the text (not used for .txt)."})
+    sample_by: str = field(
+        default="paragraph", metadata={"help": "How .txt/.md files split into documents: line, paragraph, document."})
+    min_chars: int = field(default=32, metadata={"help": "Drop documents shorter than this after cleaning."})
+    eval_fraction: float = field(default=0.01, metadata={"help": "Share of documents held out for validation."})
+    max_documents: Optional[int] = field(default=None, metadata={"help": "Use only the first N documents."})
+    block_size: int = field(default=1024, metadata={"help": "Tokens per packed training sequence."})
+    num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization and packing."})
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Trained tokenizer folder or Hub id. If unset, a tokenizer is trained on the "
+                                        "training split and saved with the model."})
+    tokenizer_type: str = field(default="bpe", metadata={"help": "Kind of tokenizer to train: bpe, unigram, char."})
+    vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the tokenizer to train."})
+
+
+@dataclass
+class ModelArguments:
+    """The model to pretrain: a preset, optionally resized, or an existing checkpoint to continue from."""
+
+    model_preset: str = field(default="small", metadata={"help": "tiny, tiny-moe, small, medium, large or moe."})
+    model_config_overrides: Optional[dict | str] = field(
+        default=None, metadata={"help": "OpenLLMConfig fields to change, e.g. {\"num_hidden_layers\": 4} (JSON on the "
+                                        "command line). vocab_size and special token ids come from the tokenizer."})
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Continue pretraining this checkpoint instead of starting from a preset."})
+    attn_implementation: Optional[str] = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2..."})
+
+    def __post_init__(self):
+        if isinstance(self.model_config_overrides, str):
+            self.model_config_overrides = json.loads(self.model_config_overrides)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class PretrainConfig(TrainingArguments):
+    r"""
+    `transformers.TrainingArguments` for pretraining. Changed defaults (GPT-2/Llama-style pretraining):
+
+    - `learning_rate` defaults to 3e-4 instead of 5e-5.
+    - `lr_scheduler_type` defaults to "cosine" instead of "linear" ("warmup_stable_decay" also works, with
+      `lr_scheduler_kwargs: {num_decay_steps: N}`).
+    - `weight_decay` defaults to 0.1 instead of 0.0; `adam_beta2` to 0.95 instead of 0.999.
+    - `logging_steps` defaults to 10 instead of 500; `eval_strategy` to "steps" (every `eval_steps`=200) instead
+      of "no"; `save_total_limit` to 3 instead of unlimited.
+    - `include_num_input_tokens_seen` defaults to True, so every log line carries the tokens seen.
+    - `ddp_find_unused_parameters` defaults to False: every parameter, the MoE experts' included, gets a gradient.
+    - `report_to` defaults to "none" (set "tensorboard", "wandb"... to log elsewhere).
+
+    New fields:
+
+    - `precision` ("auto", "bf16", "fp16", "fp32"): "auto" picks bf16 on GPUs that support it, else fp16; on
+      CPU, bf16 autocast when the processor has AVX512-BF16 or AMX, else fp32. It sets `bf16`/`fp16`/`use_cpu`,
+      unless `bf16` or `fp16` is set explicitly.
+    - `auto_resume` (bool, True): resume from the last `checkpoint-*` in `output_dir` when there is one and
+      `resume_from_checkpoint` is unset.
+    - `final_eval_documents` (int, 500): after training, `openllm.evaluation.perplexity.evaluate_model` scores up to
+      this many held-out documents (perplexity, bits per byte, calibration, samples) into `eval_results.json`, and
+      the model card (README.md) is rendered from what was measured; 0 skips both.
+    """
+
+    output_dir: Optional[str] = field(default="outputs/pretrain", metadata={"help": "Where the model is written."})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Peak learning rate of AdamW."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine, warmup_stable_decay, linear..."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_strategy: str = field(default="steps", metadata={"help": "no, steps or epoch."})
+    eval_steps: Optional[float] = field(default=200, metadata={"help": "Evaluate every N optimizer steps."})
+    save_total_limit: Optional[int] = field(default=3, metadata={"help": "Keep at most N checkpoints."})
+    include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log the tokens seen."})
+    ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "See DDP."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb... or none."})
+    precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32 (see the class docstring)."})
+    auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    final_eval_documents: int = field(default=500, metadata={
+        "help": "Held-out documents scored after training for eval_results.json and the model card; 0 skips."})
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        if not (self.bf16 or self.fp16):
+            self._resolve_precision()
+        super().__post_init__()
+
+    def _resolve_precision(self):
+        import torch
+
+        on_gpu = torch.cuda.is_available() and not self.use_cpu
+        precision = self.precision
+        if precision == "auto":
+            if on_gpu:
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                precision = "bf16" if cpu_supports_bf16() and not _on_mps() else "fp32"
+        if precision == "fp16" and not on_gpu:
+            raise ValueError("precision='fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on CPU.")
+        self.bf16, self.fp16 = precision == "bf16", precision == "fp16"
+        if not on_gpu:
+            # transformers only accepts bf16 without a GPU when told it trains on CPU, and accelerate only starts
+            # multi-process (gloo) training on CPU when told so
+            self.use_cpu = True
+        self.precision = precision
+
+
+def _on_mps() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+__all__ = ["DataArguments", "ModelArguments", "PretrainConfig", "cpu_supports_bf16"]
