@@ -65,8 +65,9 @@ style:
 	$(BIN)/ruff format src tests recipes benchmarks
 	$(BIN)/ruff check --fix src tests recipes benchmarks
 
-quality:
+quality:  # lint, and every declared dependency is used
 	$(BIN)/ruff check src tests recipes benchmarks
+	$(BIN)/python -m pytest tests/test_dependencies.py -q
 
 clean:
 	rm -rf $(VENV) $(VENV_COMPAT) build *.egg-info .pytest_cache
