@@ -29,16 +29,17 @@ def openllm(fault: str, *argv) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def run_until_done(faults, *argv) -> list[int]:
-    """Run with each fault in turn (each must kill the run), then once more to the end; the exit codes."""
-    codes = []
+def run_until_done(faults, *argv, after_first_kill=None) -> list[subprocess.CompletedProcess]:
+    """Run with each fault in turn (each must kill the run), then once more to the end; what each run printed."""
+    runs = []
     for fault in faults:
-        out = openllm(fault, *argv)
-        assert out.returncode == -signal.SIGKILL, (fault, out.returncode, out.stderr[-3000:])
-        codes.append(out.returncode)
-    out = openllm("none", *argv)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return codes + [0]
+        runs.append(openllm(fault, *argv))
+        assert runs[-1].returncode == -signal.SIGKILL, (fault, runs[-1].returncode, runs[-1].stderr[-3000:])
+        if after_first_kill is not None and len(runs) == 1:
+            after_first_kill()
+    runs.append(openllm("none", *argv))
+    assert runs[-1].returncode == 0, runs[-1].stderr[-3000:]
+    return runs
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -96,23 +97,20 @@ def test_pretraining_killed_anywhere_ends_as_the_uninterrupted_run(pretrain_conf
     # a random optimizer step, a random checkpoint save, the finished folder staged, and half moved into place
     faults = [f"step:{rng.choice([1, 3, 5])}", f"save:{rng.choice([4, 6])}", "staged", "commit"]
     out = pretrain_config.parent / "killed"
-    run_until_done(faults, "pretrain", "--config", pretrain_config, "--output_dir", out)
-    assert_same_run(out, pretrained)
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
 
+    def plant_incomplete_checkpoint():  # as left by a writer that died before its trainer_state.json
+        (out / "checkpoint-7").mkdir()
+        (out / "checkpoint-7" / "model.safetensors").write_bytes(b"partial")
 
-def test_incomplete_checkpoint_is_reported_and_skipped(pretrain_config, pretrained):
-    out = pretrain_config.parent / "foreign"
-    assert openllm("step:5", "pretrain", "--config", pretrain_config, "--output_dir", out).returncode < 0
-    # a checkpoint folder written by something that died before its trainer_state.json
-    (out / "checkpoint-5").mkdir()
-    (out / "checkpoint-5" / "model.safetensors").write_bytes(b"partial")
-    done = openllm("none", "pretrain", "--config", pretrain_config, "--output_dir", out)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Ignoring {out / 'checkpoint-5'}: it is incomplete" in done.stderr
-    assert f"Resuming from {out / 'checkpoint-4'}" in done.stderr
-    assert "There were missing keys" not in done.stderr  # the tied head is not missing
+    runs = run_until_done(faults, "pretrain", "--config", pretrain_config, "--output_dir", out,
+                          after_first_kill=plant_incomplete_checkpoint)
     assert_same_run(out, pretrained)
+    assert f"Ignoring {out / 'checkpoint-7'}: it is incomplete" in runs[1].stderr
+    assert f"Resuming from {out / 'checkpoint-8'}" in runs[3].stderr  # the schedule's end: nothing left to train
+    assert "nothing left to train" in runs[3].stderr
+    assert f"Run complete: {out}" in runs[4].stdout  # the last run only finished moving the folder into place
+    assert not any("There were missing keys" in r.stderr for r in runs)  # the tied head is not missing
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-7", "checkpoint-8"]
 
 
 def test_rerunning_a_finished_pretraining_changes_nothing(pretrain_config, pretrained):
