@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers.text import sentences
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -127,15 +128,39 @@ def test_ddp_two_processes(workdir):
               "disable_tqdm": True}
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    # `accelerate launch -m openllm pretrain` runs what `accelerate launch recipes/pretrain.py` runs
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           str(ROOT / "recipes" / "pretrain.py"), "--config", str(workdir / "ddp.yaml")]
+           "-m", "openllm", "pretrain", "--config", str(workdir / "ddp.yaml")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((workdir / "ddp" / "training_summary.json").read_text())
     assert summary["training_args"]["world_size"] == 2 and summary["hardware"].startswith("2 × ")
     assert summary["training_args"]["global_batch_size"] == 2 * BATCH
     assert summary["metrics"]["tokens_seen"] == 4 * 2 * BATCH * BLOCK  # counted over both ranks
+
+
+def test_openllm_pretrain_and_the_recipe_script_train_the_same_model(workdir):
+    from helpers.recipes import load_recipe
+    from safetensors.torch import load_file
+
+    from openllm.cli import main as openllm
+
+    config = {"dataset_name": str(workdir / "corpus.jsonl"), "text_column": "text", "block_size": BLOCK,
+              "eval_fraction": 0.05, "tokenizer_name_or_path": str(workdir / "tok"), "model_preset": "tiny",
+              "model_config_overrides": MICRO, "max_steps": 3, "per_device_train_batch_size": BATCH,
+              "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "final_eval_documents": 0, "disable_tqdm": True}
+    (workdir / "same.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--config", str(workdir / "same.yaml"), "--learning_rate", "0.02"]
+    assert openllm(["pretrain", *argv, "--output_dir", str(workdir / "by-command")]) == 0
+    recipe = load_recipe("pretrain")
+    recipe.main(*recipe.make_parser().parse_args_and_config(argv + ["--output_dir", str(workdir / "by-script")]))
+    a, b = (load_file(workdir / name / "model.safetensors") for name in ("by-command", "by-script"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((workdir / name / "training_summary.json").read_text()) for name in ("by-command",
+                                                                                                  "by-script")]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]
+    assert summaries[0]["training_args"]["learning_rate"] == 0.02
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
