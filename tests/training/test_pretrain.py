@@ -163,6 +163,42 @@ def test_openllm_pretrain_and_the_recipe_script_train_the_same_model(workdir):
     assert summaries[0]["training_args"]["learning_rate"] == 0.02
 
 
+def test_fsdp_on_cpu_processes_is_refused_not_silently_ddp(workdir):
+    """accelerate 1.15 applies an FSDP config only on accelerators; on 2 CPU ranks it would quietly run DDP."""
+    config = {"dataset_name": str(workdir / "corpus.jsonl"), "text_column": "text", "block_size": BLOCK,
+              "tokenizer_name_or_path": str(workdir / "tok"), "model_preset": "tiny", "model_config_overrides": MICRO,
+              "output_dir": str(workdir / "fsdp"), "max_steps": 2, "disable_tqdm": True}
+    (workdir / "fsdp.yaml").write_text(yaml.safe_dump(config))
+    launcher = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "fsdp.yaml").read_text())
+    (workdir / "fsdp_2cpu.yaml").write_text(yaml.safe_dump({**launcher, "num_processes": 2}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(workdir / "fsdp_2cpu.yaml"),
+           "--main_process_port", "29534", "-m", "openllm", "pretrain", "--config", str(workdir / "fsdp.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "The launcher asked for FSDP, but accelerate" in out.stderr and "set this run up as MULTI_CPU" in out.stderr
+    assert not (workdir / "fsdp" / "training_summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "zero3"])
+def test_accelerate_configs_load(name):
+    """The GPU launch configs parse with accelerate's own loader and ask for what their names say."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from openllm import OpenLLMForCausalLM
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}[name]
+    assert str(config.distributed_type).split(".")[-1] == expected and config.num_processes == 8
+    assert config.mixed_precision == "no" and not config.use_cpu  # precision comes from the recipe
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert OpenLLMForCausalLM._no_split_modules == ["OpenLLMDecoderLayer"]  # the unit FSDP wraps
+    if name == "zero3":
+        assert config.deepspeed_config["zero_stage"] == 3
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_recipe_yaml_parses(path):
     data, model, args = make_parser().parse_args_and_config(["--config", str(path)], fail_with_unknown_args=True)

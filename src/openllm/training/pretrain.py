@@ -203,7 +203,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     `output_dir/training_summary.json`). A finished `output_dir` is reported and returned unchanged."""
     from transformers import DataCollatorForLanguageModeling, set_seed
 
-    run.setup_logging(training_args)
+    run.setup(training_args)
     finished = run.prepare_output_dir(training_args)
     if finished is not None:
         return finished
@@ -271,7 +271,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
 
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig):
     """`pretrain`, then (main process) the report a person wants to see: the numbers, samples, how to load it."""
-    run.setup_logging(training_args)
+    run.setup(training_args)
     if (summary := run.finished(training_args)) is not None:
         return summary
     summary = pretrain(data_args, model_args, training_args)

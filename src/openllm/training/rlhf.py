@@ -35,7 +35,7 @@ def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
     )
     from .rewards import get_reward_funcs
 
-    run.setup_logging(training_args)
+    run.setup(training_args)
     if run.finished(training_args) is not None:
         return None
 

@@ -46,13 +46,32 @@ SUMMARY_MODEL_ARGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_
                       "load_in_8bit")
 
 
-def setup_logging(training_args) -> None:
-    """openllm's INFO lines on the main process (warnings only on the others), transformers at the Trainer's level."""
+def setup(training_args) -> None:
+    """Logging (openllm's INFO lines on the main process, warnings only on the others; transformers at the Trainer's
+    level), and a check that the launcher's request for FSDP is honoured."""
     import transformers
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("openllm").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_distributed()
+
+
+def check_distributed() -> None:
+    """accelerate shards with FSDP only on accelerators (CUDA, XPU, NPU...): on CPU processes an FSDP config silently
+    becomes plain DDP over gloo. Refuse instead of training something other than what was asked for."""
+    from accelerate import PartialState
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    kind = str(PartialState().distributed_type).split(".")[-1]
+    if kind != "FSDP":
+        import accelerate
+
+        raise ValueError(f"The launcher asked for FSDP, but accelerate {accelerate.__version__} set this run up as "
+                         f"{kind}: it shards with FSDP only on GPUs (and other accelerators), not on CPU processes. "
+                         "On CPUs launch with recipes/accelerate_configs/ddp.yaml (`--multi_gpu`, which runs DDP over "
+                         "gloo) instead.")
 
 
 def _is_main(training_args) -> bool:
@@ -394,6 +413,7 @@ def training_summary(trainer, stage: str, training_args, train_output, *, base_m
     if model_args is not None and getattr(model_args, "use_peft", False):
         args.update({k: getattr(model_args, k) for k in SUMMARY_MODEL_ARGS if getattr(model_args, k, None)})
     args.update(precision=precision_of(training_args), world_size=world,
+                distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
                 global_batch_size=training_args.per_device_train_batch_size
                 * training_args.gradient_accumulation_steps * world)
     args.update(extra_args or {})
@@ -473,7 +493,7 @@ def push(training_args, stage: str) -> Optional[str]:
                        token=training_args.hub_token, commit_message=f"Upload OpenLLM model ({stage})")
 
 
-__all__ = ["SUMMARY_FILE", "setup_logging", "prepare_output_dir", "finished", "report_finished", "read_summary",
-           "complete_checkpoints", "resolve_checkpoint", "read_run_state", "RunTrainerMixin", "with_run_layer",
-           "train", "precision_of", "describe_hardware", "numbers", "training_summary", "write_card", "save_final",
-           "defer_push", "push"]
+__all__ = ["SUMMARY_FILE", "setup", "check_distributed", "prepare_output_dir", "finished", "report_finished",
+           "read_summary", "complete_checkpoints", "resolve_checkpoint", "read_run_state", "RunTrainerMixin",
+           "with_run_layer", "train", "precision_of", "describe_hardware", "numbers", "training_summary", "write_card",
+           "save_final", "defer_push", "push"]

@@ -27,7 +27,7 @@ def main(script_args: PostTrainArguments, training_args: SFTConfig, model_args):
         train_and_finish,
     )
 
-    run.setup_logging(training_args)
+    run.setup(training_args)
     if run.finished(training_args) is not None:
         return None
 
