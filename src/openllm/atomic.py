@@ -79,6 +79,16 @@ def write_bytes(path, data: bytes) -> Path:
     return path
 
 
+def commit_file(partial, path) -> Path:
+    """Flush the complete file `partial` (written by a library that takes a path) and rename it to `path`."""
+    partial, path = Path(partial), Path(path)
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+    return path
+
+
 def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
