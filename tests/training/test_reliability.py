@@ -70,16 +70,14 @@ def assert_same_run(got: Path, expected: Path):
 def pretrain_config(tmp_path_factory):
     from helpers.text import sentences
 
-    from openllm.data.tokenizer import train_tokenizer
-
     root = tmp_path_factory.mktemp("reliability")
     (root / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in sentences(200)))
-    train_tokenizer(sentences(200), vocab_size=300, output_dir=str(root / "tok"), show_progress=False)
     config = {"dataset_name": str(root / "corpus.jsonl"), "text_column": "text", "block_size": 32,
-              "eval_fraction": 0.05, "tokenizer_name_or_path": str(root / "tok"), "model_preset": "tiny",
+              "eval_fraction": 0.05, "vocab_size": 300, "model_preset": "tiny",
               "model_config_overrides": MICRO, "max_steps": 8, "per_device_train_batch_size": 4,
               "learning_rate": 1e-2, "warmup_steps": 2, "logging_steps": 1, "eval_steps": 4, "save_steps": 2,
               "save_total_limit": 2, "final_eval_documents": 4, "disable_tqdm": True, "precision": "fp32"}
+    # no tokenizer named: the run trains one, and a resumed run must encode with that same one
     path = root / "pretrain.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

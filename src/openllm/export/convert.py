@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from .. import atomic
+from ..hub.paths import check_output_folder
 
 TARGETS = ("llama", "mixtral", "openllm")
 TOKENIZER_FILES = (
@@ -295,6 +296,7 @@ def convert_checkpoint(src, dst, to: str, verify: bool = True):
         if difference > tolerance:
             raise RuntimeError(f"The converted model's logits differ from the source's by {difference:.3g} (more "
                                f"than {tolerance:g}); nothing was written.")
+    check_output_folder(dst)
     with atomic.folder(dst) as folder:  # the converted folder appears whole or not at all
         converted.save_pretrained(folder)
         _portable_config(folder)

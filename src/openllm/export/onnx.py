@@ -12,7 +12,7 @@ import types
 from pathlib import Path
 
 from .. import atomic
-from ..hub.paths import check_model_path
+from ..hub.paths import check_model_path, check_output_folder
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"
@@ -169,6 +169,7 @@ def export_onnx(
                          "installed and `save_pretrained` it again, which writes the code next to the weights.")
     output_dir = Path(output_dir)
     onnx_config = _onnx_config_class()(config, task="text-generation", use_past=True, use_past_in_inputs=True)
+    check_output_folder(output_dir)
     with atomic.folder(output_dir) as folder:  # the exported folder appears whole or not at all
         main_export(
             str(model_path),

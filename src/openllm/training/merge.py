@@ -52,6 +52,7 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
 
     from .. import atomic
     from ..data.tokenizer import portable_tokenizer_config
+    from ..hub.paths import check_output_folder
     from .run import SUMMARY_FILE, describe_hardware, write_card
 
     start = time.perf_counter()
@@ -106,6 +107,7 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
         "hardware": describe_hardware(),
         "train_runtime_s": round(time.perf_counter() - start, 2),
     }
+    check_output_folder(output_dir)
     with atomic.folder(output_dir) as folder:  # the merged folder appears whole or not at all
         merged.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

@@ -28,7 +28,8 @@ from .arguments import DataArguments, ModelArguments, PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-TRAINED_TOKENIZER = ".tokenizer"  # a tokenizer trained by this run, kept for a resumed run until the model is saved
+# a tokenizer trained by this run, kept for a resumed run until the finished folder holds it (see run.remove_run_files)
+TRAINED_TOKENIZER = ".tmp-tokenizer"
 
 
 def make_parser(**kwargs):
@@ -262,8 +263,6 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     )
     run.save_final(trainer, training_args, summary,
                    extras=held_out_evaluation(model, tokenizer, corpus, data_args, training_args))
-    if trainer.is_world_process_zero():
-        atomic.remove_folder(os.path.join(output_dir, TRAINED_TOKENIZER))  # the model folder has it now
     if push:
         run.push(training_args, "pretrain")
     return summary

@@ -107,10 +107,19 @@ def prepare_output_dir(training_args) -> Optional[dict]:
             atomic.remove_folder(output_dir)
         elif output_dir.is_dir():
             atomic.finish_contents(output_dir, last=SUMMARY_FILE)
+            if read_summary(output_dir) is not None:
+                remove_run_files(output_dir)  # left by a kill between the commit and their removal
     _barrier()
     if getattr(training_args, "overwrite_output_dir", False) or training_args.resume_from_checkpoint:
         return None  # an explicit checkpoint continues a run, finished or not
     return read_summary(output_dir)
+
+
+def remove_run_files(output_dir) -> None:
+    """Remove what a run keeps in hidden `.tmp-*` entries of its output_dir while it trains (staging folders, a
+    tokenizer it trained), once the finished folder is committed."""
+    for path in Path(output_dir).glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def finished(training_args) -> Optional[dict]:
@@ -471,6 +480,7 @@ def save_final(trainer, training_args, summary: dict, extras: Optional[Callable[
         atomic.write_json(staging / SUMMARY_FILE, summary)
         write_card(staging, name=output_dir.resolve().name)
         atomic.commit_contents(staging, output_dir, last=SUMMARY_FILE)
+        remove_run_files(output_dir)
         logger.info("Saved the model, tokenizer, %s and model card to %s", SUMMARY_FILE, output_dir)
     trainer.accelerator.wait_for_everyone()
 
