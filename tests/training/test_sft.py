@@ -67,7 +67,7 @@ def test_sft_lora_then_merge_equals_base_plus_adapter(tmp_path, tiny_base):
     from openllm.cli import main as cli
 
     adapter, merged = tmp_path / "lora", tmp_path / "merged"
-    summary, _ = run_recipe("sft", "sft_lora_debug", model_name_or_path=tiny_base, output_dir=adapter, max_steps=15,
+    summary, _ = run_recipe("sft", "sft_lora_debug", model_name_or_path=tiny_base, output_dir=adapter, max_steps=25,
                             **FAST)
     assert summary["adapter"] is True and summary["training_args"]["use_peft"] is True
     assert sorted(json.loads((adapter / "adapter_config.json").read_text())["target_modules"]) == sorted(

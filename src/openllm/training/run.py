@@ -451,6 +451,9 @@ def write_card(folder, name: Optional[str] = None) -> bool:
     a staging folder."""
     from ..hub.model_card import write_model_card
 
+    if not (Path(folder) / "config.json").is_file():  # a LoRA adapter: its card comes with `openllm merge`
+        logger.info("No model card for the adapter in %s; `openllm merge` writes one with the merged model.", folder)
+        return False
     try:
         write_model_card(folder, **({"model_name": name} if name else {}))
     except Exception as e:  # the trained model is already saved: report, don't lose the run over the card
