@@ -219,10 +219,14 @@ def test_precision_auto_matches_the_cpu():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_supports_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     args = PretrainConfig(output_dir="unused")
-    import torch
 
     assert args.bf16 == cpu_supports_bf16() and args.use_cpu == (not torch.cuda.is_available())
     assert PretrainConfig(output_dir="unused", precision="fp32").bf16 is False
+    # an explicit bf16 goes through the same resolution, so the summary and card say bf16
+    explicit = PretrainConfig(output_dir="unused", bf16=True)
+    assert explicit.precision == "bf16" and explicit.use_cpu == (not torch.cuda.is_available())
+    with pytest.raises(ValueError, match="bf16=True contradicts precision='fp32'"):
+        PretrainConfig(output_dir="unused", bf16=True, precision="fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         PretrainConfig(output_dir="unused", precision="int8")
 
