@@ -11,55 +11,12 @@ through `AutoModelForSequenceClassification`.
 training_summary.json records the pairwise accuracy (`eval_accuracy`: the share of held-out pairs where chosen
 scores above rejected) and margin before and after training. The folder is what `recipes/rlhf.py` takes as
 `reward_model_name_or_path`.
+
+The same run through the command line tool: `openllm reward --config recipes/<config>.yaml [--key value ...]`.
+The steps are in `openllm.training.reward.main`.
 """
 
-from trl import ModelConfig, RewardConfig, TrlParser
-
-from openllm.training.posttrain import PostTrainArguments
-
-
-def main(script_args, training_args, model_args):
-    from trl import RewardTrainer
-
-    from openllm.training.posttrain import (
-        load_model,
-        load_stage_dataset,
-        load_tokenizer,
-        peft_config,
-        require_chat_template,
-        run_and_finish,
-        setup_logging,
-        take_push_to_hub,
-    )
-
-    setup_logging()
-    # Data: checked before the model is loaded
-    train_dataset, eval_dataset, data_format = load_stage_dataset(script_args, "reward", seed=training_args.seed)
-    script_args.answer_accuracy = False  # a reward model does not generate
-
-    # Model: causal-LM weights, new 1-output score head
-    tokenizer = load_tokenizer(script_args, model_args, training_args)
-    require_chat_template(tokenizer, data_format, script_args.dataset_name)
-    model = load_model(model_args, training_args, sequence_classification=True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    take_push_to_hub(training_args)
-
-    # Trainer
-    trainer = RewardTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config(model_args, model, task_type="SEQ_CLS"),
-    )
-    run_and_finish(trainer, "reward", script_args, training_args, model_args, eval_dataset=eval_dataset)
-    return trainer
-
-
-def make_parser():
-    return TrlParser((PostTrainArguments, RewardConfig, ModelConfig))
-
+from openllm.training.reward import main, make_parser
 
 if __name__ == "__main__":
     main(*make_parser().parse_args_and_config())

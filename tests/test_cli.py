@@ -21,3 +21,45 @@ def test_debug_variable_shows_the_exception(monkeypatch):
     monkeypatch.setenv("OPENLLM_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(["serve", "/no/such/model"])
+
+
+def test_help_lists_the_chain_in_order_without_importing_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sys\nfrom openllm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    chain = ["tokenizer", "pretrain", "sft", "reward", "dpo", "rlhf", "merge", "eval", "generate", "serve", "export",
+             "convert", "presets"]
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ") and line.split()
+              and line.split()[0] in chain]
+    assert listed == chain
+    assert out.stdout.strip().endswith("no torch")
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "rlhf"])
+def test_stage_command_parses_like_its_recipe(stage, monkeypatch):
+    """`openllm STAGE --config ... --key value` hands `main` what `python recipes/STAGE.py ...` hands it."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers.recipes import RECIPES, load_recipe
+
+    config = RECIPES / ("pretrain_quickstart.yaml" if stage == "pretrain" else f"{stage}_debug.yaml")
+    argv = ["--config", str(config), "--learning_rate", "0.123", "--output_dir", "/tmp/unused"]
+    recipe = load_recipe(stage)
+    module = importlib.import_module(f"openllm.training.{stage}")
+    assert recipe.main is module.main and recipe.make_parser is module.make_parser  # one code path
+    expected = recipe.make_parser().parse_args_and_config(list(argv))
+    got = []
+    monkeypatch.setattr(module, "main", lambda *args: got.append(args))
+    assert main([stage, *argv]) == 0
+    assert [repr(a) for a in got[0]] == [repr(a) for a in expected]
+    assert [a.learning_rate for a in got[0] if hasattr(a, "learning_rate")] == [0.123]

@@ -17,6 +17,8 @@ from typing import Iterator
 
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+READY_NAME = ".ready"
+TRASH_MARK = ".trash-"
 
 
 def fsync_dir(path) -> None:
@@ -77,6 +79,16 @@ def write_bytes(path, data: bytes) -> Path:
     return path
 
 
+def commit_file(partial, path) -> Path:
+    """Flush the complete file `partial` (written by a library that takes a path) and rename it to `path`."""
+    partial, path = Path(partial), Path(path)
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+    return path
+
+
 def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
@@ -126,3 +138,66 @@ def replace_folder(src, dst) -> None:
     fsync_dir(dst.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Many files into a folder that also holds other things (a run's output_dir holds its checkpoints next to the model)
+
+
+def commit_contents(staged, folder, last: str | None = None) -> None:
+    """Move every entry of the complete folder `staged` into `folder`, replacing entries of the same name, `last`
+    (a commit marker such as a summary file) last of all.
+
+    Two phases: `staged` is flushed and renamed to `folder/.ready` (the commit), then its entries are moved one by one.
+    A kill during the moves leaves `.ready` behind, and `finish_contents(folder)` completes them; so, once a caller
+    runs `finish_contents` before reading, the contents appear whole or not at all."""
+    staged, folder = Path(staged), Path(folder)
+    ready = folder / READY_NAME
+    fsync_tree(staged)
+    if ready.exists():
+        shutil.rmtree(ready)
+    os.replace(staged, ready)
+    fsync_dir(folder)
+    finish_contents(folder, last)
+
+
+def finish_contents(folder, last: str | None = None) -> bool:
+    """Complete an interrupted `commit_contents` into `folder`; True if there was one."""
+    folder = Path(folder)
+    ready = folder / READY_NAME
+    if not ready.is_dir():
+        return False
+    names = sorted(os.listdir(ready), key=lambda name: (name == last, name))
+    for name in names:
+        _move_entry(ready / name, folder / name)
+    fsync_dir(folder)
+    ready.rmdir()
+    fsync_dir(folder)
+    return True
+
+
+def _move_entry(src: Path, dst: Path) -> None:
+    if src.is_dir() and dst.is_dir():
+        replace_folder(src, dst)
+    else:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+
+
+def remove_folder(path) -> None:
+    """Delete a folder such that a kill midway leaves either all of it or none of it under its name: it is first
+    renamed to a `.name.trash-*` sibling (which `empty_trash` removes later)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.parent / f".{path.name}{TRASH_MARK}{os.getpid()}"
+    os.replace(path, trash)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def empty_trash(path) -> None:
+    """Remove what `remove_folder(path)` set aside before a kill."""
+    for stale in _siblings(Path(path), TRASH_MARK):
+        shutil.rmtree(stale, ignore_errors=True)

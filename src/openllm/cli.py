@@ -1,19 +1,29 @@
-"""`openllm` command line: one subcommand per module, imported only when used so `openllm --help` stays fast."""
+"""`openllm` command line: one subcommand per module, imported only when used so `openllm --help` stays fast.
+
+Commands come in the order of the chain. The training stages (pretrain, sft, reward, dpo, rlhf) run the same
+`make_parser()` and `main()` as `recipes/<stage>.py`, so `openllm sft --config recipes/sft_debug.yaml --key value` and
+`accelerate launch -m openllm sft --config ...` do exactly what the recipe script does."""
 
 import argparse
 import importlib
 import os
 import sys
 
-# subcommand → (module that defines `add_arguments(parser)` and `run(args)`, one-line help)
+# subcommand → (module, one-line help). A module defines `add_arguments(parser)` and `run(args)`, or, for a training
+# stage, `make_parser(**kwargs)` (a TrlParser: --config YAML, then --key value overrides) and `main(*parsed)`.
 COMMANDS = {
     "tokenizer": ("openllm.data.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)"),
+    "pretrain": ("openllm.training.pretrain", "pretrain a model, dense or MoE (--config recipes/pretrain_*.yaml)"),
+    "sft": ("openllm.training.sft", "supervised fine-tuning, full or LoRA (--config recipes/sft_*.yaml)"),
+    "reward": ("openllm.training.reward", "train a reward model on preference pairs"),
+    "dpo": ("openllm.training.dpo", "direct preference optimization on preference pairs"),
+    "rlhf": ("openllm.training.rlhf", "RLHF (GRPO) with a reward model and/or reward functions"),
+    "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "eval": ("openllm.evaluation.perplexity", "perplexity, bits-per-byte, calibration and samples of a model"),
     "generate": ("openllm.evaluation.generation", "generate text from a model, streaming to the terminal"),
     "serve": ("openllm.serving.cli", "serve a model over the TGI and OpenAI HTTP protocols"),
     "export": ("openllm.export", "export a model to ONNX, Llama/Mixtral format or GGUF"),
     "convert": ("openllm.export.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),
-    "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "presets": ("openllm.models.presets", "list the model presets and their parameter counts"),
 }
 
@@ -29,11 +39,17 @@ def main(argv=None) -> int:
         return 0
     module_name, help_text = COMMANDS[argv[0]]
     module = importlib.import_module(module_name)
-    command = argparse.ArgumentParser(prog=f"openllm {argv[0]}", description=help_text)
-    module.add_arguments(command)
-    args = command.parse_args(argv[1:])
+    if hasattr(module, "make_parser"):  # a training stage
+        stage_parser = module.make_parser(prog=f"openllm {argv[0]}", description=help_text)
+        parsed = stage_parser.parse_args_and_config(argv[1:])
+        run = lambda: module.main(*parsed) and None  # noqa: E731  (main returns the trainer or summary)
+    else:
+        command = argparse.ArgumentParser(prog=f"openllm {argv[0]}", description=help_text)
+        module.add_arguments(command)
+        args = command.parse_args(argv[1:])
+        run = lambda: module.run(args)  # noqa: E731
     try:
-        return module.run(args) or 0
+        return run() or 0
     except (FileNotFoundError, ValueError, OSError) as error:  # bad input: the message says what to fix
         if os.environ.get("OPENLLM_DEBUG"):
             raise

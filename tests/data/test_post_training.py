@@ -78,8 +78,20 @@ def test_chat_template_masks_the_answer_and_its_end_of_turn(tokenizer):
     messages = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]
     out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
     trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
-    assert tokenizer.decode(trained) == "5</s>"
+    assert tokenizer.decode(trained) == "5<|eos|>"
     assert all(len(tokenizer.encode(d, add_special_tokens=False)) == 1 for d in "0123456789")
+
+
+def test_post_training_uses_the_pretraining_tokens_and_template(tokenizer):
+    """A pretrained model's tokenizer is post-trained as it is: same special tokens, ids and chat template."""
+    from openllm.data.tokenizer import CHAT_TEMPLATE, train_tokenizer
+
+    pretrained = train_tokenizer([f"Question {i}: what is {i} + {i}?" for i in range(200)], vocab_size=300,
+                                 show_progress=False)
+    for tok in (tokenizer, pretrained):
+        assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<|pad|>", "<|bos|>", "<|eos|>")
+        assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+        assert tok.chat_template == CHAT_TEMPLATE
 
 
 def test_reward_registry():

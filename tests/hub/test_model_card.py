@@ -115,3 +115,14 @@ def test_card_errors_are_clear(tmp_path, tiny_model_dir):
     (folder / "training_summary.json").write_text(json.dumps(summary("pretraining")))
     with pytest.raises(ValueError, match="Unknown stage 'pretraining'"):
         write_model_card(folder)
+
+
+def test_output_folder_of_other_files_is_not_replaced(tmp_path):
+    from openllm.hub.paths import check_output_folder
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="already holds files that are not a model folder"):
+        check_output_folder(tmp_path)
+    check_output_folder(tmp_path / "new")  # a new folder, an empty one or a model folder are fine
+    (tmp_path / "config.json").write_text("{}")
+    check_output_folder(tmp_path)

@@ -2,13 +2,14 @@ import json
 import logging
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from helpers.text import sentences
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from openllm.data.tokenizer import train_tokenizer
@@ -20,15 +21,6 @@ RECIPES = sorted((ROOT / "recipes").glob("pretrain_*.yaml"))
 MICRO = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
          "max_position_embeddings": 64}
 STEPS, BATCH, BLOCK = 12, 4, 32
-
-
-def sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    who = ["the cat", "a dog", "my friend", "the teacher", "our robot", "an old man"]
-    does = ["sees", "likes", "builds", "finds", "paints", "carries"]
-    what = ["a red box", "the blue sky", "two green apples", "an old map", "the small house", "a long road"]
-    return [" ".join(f"{rng.choice(who)} {rng.choice(does)} {rng.choice(what)}." for _ in range(rng.randint(3, 8)))
-            for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +91,6 @@ def test_resume_after_crash_is_exact(uninterrupted, workdir):
         pretrain(*arguments(workdir, "crash"), callbacks=[CrashAt(9)])
     assert sorted(p.name for p in (workdir / "crash").glob("checkpoint-*")) == ["checkpoint-6"]
     resumed = pretrain(*arguments(workdir, "crash"))  # the same command again
-    assert resumed["training_args"]["resumed_from"] == str(workdir / "crash" / "checkpoint-6")
     expected, got = train_losses(uninterrupted), train_losses(resumed)
     assert [got[step] for step in range(7, STEPS + 1)] == [expected[step] for step in range(7, STEPS + 1)]
     assert resumed["metrics"]["eval_loss"] == uninterrupted["metrics"]["eval_loss"]
@@ -111,7 +102,9 @@ def test_moe_logs_expert_load_and_offline_push_leaves_folder(workdir, caplog):
     with caplog.at_level(logging.WARNING, logger="openllm"):
         summary = pretrain(data, model, args)
     logged = summary["log_history"][0]
-    assert set(k for k in logged if k.startswith("expert_load/")) == {"expert_load/layer_0", "expert_load/layer_1"}
+    assert set(k for k in logged if k.startswith("expert_load/")) == {"expert_load/layer_0", "expert_load/layer_1",
+                                                                      "expert_load/max", "expert_load/min",
+                                                                      "expert_load/cv"}
     assert all(1.0 <= logged[f"expert_load/layer_{i}"] <= 4.0 for i in range(2))  # 4 experts
     for fractions in summary["metrics"]["expert_load"].values():
         assert len(fractions) == 4 and sum(fractions) == pytest.approx(1.0, abs=1e-3)
@@ -135,15 +128,75 @@ def test_ddp_two_processes(workdir):
               "disable_tqdm": True}
     (workdir / "ddp.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    # `accelerate launch -m openllm pretrain` runs what `accelerate launch recipes/pretrain.py` runs
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-           str(ROOT / "recipes" / "pretrain.py"), "--config", str(workdir / "ddp.yaml")]
+           "-m", "openllm", "pretrain", "--config", str(workdir / "ddp.yaml")]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((workdir / "ddp" / "training_summary.json").read_text())
     assert summary["training_args"]["world_size"] == 2 and summary["hardware"].startswith("2 × ")
     assert summary["training_args"]["global_batch_size"] == 2 * BATCH
     assert summary["metrics"]["tokens_seen"] == 4 * 2 * BATCH * BLOCK  # counted over both ranks
+
+
+def test_openllm_pretrain_and_the_recipe_script_train_the_same_model(workdir):
+    from helpers.recipes import load_recipe
+    from safetensors.torch import load_file
+
+    from openllm.cli import main as openllm
+
+    config = {"dataset_name": str(workdir / "corpus.jsonl"), "text_column": "text", "block_size": BLOCK,
+              "eval_fraction": 0.05, "tokenizer_name_or_path": str(workdir / "tok"), "model_preset": "tiny",
+              "model_config_overrides": MICRO, "max_steps": 3, "per_device_train_batch_size": BATCH,
+              "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "final_eval_documents": 0, "disable_tqdm": True}
+    (workdir / "same.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--config", str(workdir / "same.yaml"), "--learning_rate", "0.02"]
+    assert openllm(["pretrain", *argv, "--output_dir", str(workdir / "by-command")]) == 0
+    recipe = load_recipe("pretrain")
+    recipe.main(*recipe.make_parser().parse_args_and_config(argv + ["--output_dir", str(workdir / "by-script")]))
+    a, b = (load_file(workdir / name / "model.safetensors") for name in ("by-command", "by-script"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((workdir / name / "training_summary.json").read_text()) for name in ("by-command",
+                                                                                                  "by-script")]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"]
+    assert summaries[0]["training_args"]["learning_rate"] == 0.02
+
+
+def test_fsdp_on_cpu_processes_is_refused_not_silently_ddp(workdir):
+    """accelerate 1.15 applies an FSDP config only on accelerators; on 2 CPU ranks it would quietly run DDP."""
+    config = {"dataset_name": str(workdir / "corpus.jsonl"), "text_column": "text", "block_size": BLOCK,
+              "tokenizer_name_or_path": str(workdir / "tok"), "model_preset": "tiny", "model_config_overrides": MICRO,
+              "output_dir": str(workdir / "fsdp"), "max_steps": 2, "disable_tqdm": True}
+    (workdir / "fsdp.yaml").write_text(yaml.safe_dump(config))
+    launcher = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "fsdp.yaml").read_text())
+    (workdir / "fsdp_2cpu.yaml").write_text(yaml.safe_dump({**launcher, "num_processes": 2}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(workdir / "fsdp_2cpu.yaml"),
+           "--main_process_port", "29534", "-m", "openllm", "pretrain", "--config", str(workdir / "fsdp.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "The launcher asked for FSDP, but accelerate" in out.stderr and "set this run up as MULTI_CPU" in out.stderr
+    assert not (workdir / "fsdp" / "training_summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "zero3"])
+def test_accelerate_configs_load(name):
+    """The GPU launch configs parse with accelerate's own loader and ask for what their names say."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from openllm import OpenLLMForCausalLM
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate_configs" / f"{name}.yaml"))
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "zero3": "DEEPSPEED"}[name]
+    assert str(config.distributed_type).split(".")[-1] == expected and config.num_processes == 8
+    assert config.mixed_precision == "no" and not config.use_cpu  # precision comes from the recipe
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert OpenLLMForCausalLM._no_split_modules == ["OpenLLMDecoderLayer"]  # the unit FSDP wraps
+    if name == "zero3":
+        assert config.deepspeed_config["zero_stage"] == 3
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -166,10 +219,14 @@ def test_precision_auto_matches_the_cpu():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_supports_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
     args = PretrainConfig(output_dir="unused")
-    import torch
 
     assert args.bf16 == cpu_supports_bf16() and args.use_cpu == (not torch.cuda.is_available())
     assert PretrainConfig(output_dir="unused", precision="fp32").bf16 is False
+    # an explicit bf16 goes through the same resolution, so the summary and card say bf16
+    explicit = PretrainConfig(output_dir="unused", bf16=True)
+    assert explicit.precision == "bf16" and explicit.use_cpu == (not torch.cuda.is_available())
+    with pytest.raises(ValueError, match="bf16=True contradicts precision='fp32'"):
+        PretrainConfig(output_dir="unused", bf16=True, precision="fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         PretrainConfig(output_dir="unused", precision="int8")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from helpers.recipes import RECIPES, load_recipe
 
-STAGES = {"sft", "dpo", "reward", "rlhf"}  # pretraining configs are checked in tests/recipes
+STAGES = {"sft", "dpo", "reward", "rlhf"}  # pretraining configs are checked in test_pretrain.py
 
 
 def _stage(config: Path) -> str:

@@ -261,23 +261,13 @@ def check_dataset(dataset, stage: str, name: str = "dataset", rows: int = 8) -> 
 # A small tokenizer for the synthetic tasks
 # ---------------------------------------------------------------------------------------------------------------------
 
-# The assistant turn, end-of-turn token included, sits inside {% generation %} so TRL's assistant-only loss trains the
-# model to stop.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}<|assistant|>\n{% generation %}{{ message['content'] }}{{ eos_token }}"
-    "{% endgeneration %}\n"
-    "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
-
-
 def make_example_tokenizer(texts=None, vocab_size: int = 384):
-    """Byte-level BPE (digits split one by one) with bos/eos/pad and a chat template, trained on the synthetic
-    tasks unless `texts` are given; returns a `PreTrainedTokenizerFast`."""
+    """Byte-level BPE (digits split one by one) trained on the synthetic tasks unless `texts` are given, with
+    OpenLLM's special tokens and chat template (`openllm.data.tokenizer`), the same as every pretrained OpenLLM
+    tokenizer; returns a `PreTrainedTokenizerFast`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from .tokenizer import ALL_SPECIAL_TOKENS, wrap_tokenizer
 
     if texts is None:
         texts = [f"Question: {e['prompt']}\nAnswer: {e['answer']} {e['wrong']}" for e in make_task_examples(n=3000)]
@@ -286,14 +276,10 @@ def make_example_tokenizer(texts=None, vocab_size: int = 384):
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=ALL_SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        additional_special_tokens=SPECIAL_TOKENS[3:], chat_template=CHAT_TEMPLATE,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    return wrap_tokenizer(tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

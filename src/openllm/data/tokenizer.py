@@ -138,6 +138,24 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
         f.write("\n")
 
 
+def portable_tokenizer_config(folder) -> None:
+    """Make a tokenizer folder saved by transformers 5 (`"tokenizer_class": "TokenizersBackend"`) load on 4.57 too,
+    as the `PreTrainedTokenizerFast` it is. Tokenizers of other classes are left as they are."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        extra = config.pop("extra_special_tokens", None)
+        if isinstance(extra, list):
+            config.setdefault("additional_special_tokens", extra)
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -187,4 +205,4 @@ def run(args) -> int:
 
 
 __all__ = ["TOKENIZER_TYPES", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
-           "save_tokenizer", "load_tokenizer", "build_tokenizer"]
+           "save_tokenizer", "load_tokenizer", "build_tokenizer", "portable_tokenizer_config"]

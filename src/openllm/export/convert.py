@@ -12,6 +12,9 @@ import copy
 import shutil
 from pathlib import Path
 
+from .. import atomic
+from ..hub.paths import check_output_folder
+
 TARGETS = ("llama", "mixtral", "openllm")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
@@ -293,11 +296,13 @@ def convert_checkpoint(src, dst, to: str, verify: bool = True):
         if difference > tolerance:
             raise RuntimeError(f"The converted model's logits differ from the source's by {difference:.3g} (more "
                                f"than {tolerance:g}); nothing was written.")
-    converted.save_pretrained(dst)
-    _portable_config(dst)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+    check_output_folder(dst)
+    with atomic.folder(dst) as folder:  # the converted folder appears whole or not at all
+        converted.save_pretrained(folder)
+        _portable_config(folder)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, folder / name)
     return difference
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
+from .. import atomic
 from ..hub.paths import check_model_path
 
 DTYPES = ("f32", "f16", "q8_0")
@@ -47,7 +49,8 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
 
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(output_file, arch="llama")
+    partial = output_file.parent / f".{output_file.name}{atomic.TMP_MARK}{os.getpid()}"  # renamed when complete
+    writer = gguf.GGUFWriter(partial, arch="llama")
     writer.add_name(Path(str(model_path)).name)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
@@ -60,6 +63,7 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    atomic.commit_file(partial, output_file)
     return output_file
 
 

@@ -11,7 +11,8 @@ import platform
 import types
 from pathlib import Path
 
-from ..hub.paths import check_model_path
+from .. import atomic
+from ..hub.paths import check_model_path, check_output_folder
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"
@@ -168,20 +169,22 @@ def export_onnx(
                          "installed and `save_pretrained` it again, which writes the code next to the weights.")
     output_dir = Path(output_dir)
     onnx_config = _onnx_config_class()(config, task="text-generation", use_past=True, use_past_in_inputs=True)
-    main_export(
-        str(model_path),
-        output=output_dir,
-        task="text-generation-with-past",
-        opset=opset,
-        trust_remote_code=True,
-        library_name="transformers",
-        custom_onnx_configs={"model": onnx_config},
-        do_validation=validate,
-        no_post_process=True,
-    )
-    _copy_model_code(model_path, output_dir)
-    if quantize == "int8":
-        quantize_onnx(output_dir)
+    check_output_folder(output_dir)
+    with atomic.folder(output_dir) as folder:  # the exported folder appears whole or not at all
+        main_export(
+            str(model_path),
+            output=folder,
+            task="text-generation-with-past",
+            opset=opset,
+            trust_remote_code=True,
+            library_name="transformers",
+            custom_onnx_configs={"model": onnx_config},
+            do_validation=validate,
+            no_post_process=True,
+        )
+        _copy_model_code(model_path, folder)
+        if quantize == "int8":
+            quantize_onnx(folder)
     return output_dir
 
 

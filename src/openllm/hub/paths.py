@@ -16,3 +16,12 @@ def check_model_path(model_name_or_path: str) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{model_name_or_path!r} has no config.json, so it is not a model folder. Pass a "
                                 "folder written by `save_pretrained` (with its tokenizer) or a Hub model id.")
+
+
+def check_output_folder(path) -> None:
+    """Raise FileExistsError when `path` holds files but not a model: a model folder is replaced as a whole when it is
+    written again, and a folder of other files must not be."""
+    path = Path(path).expanduser()
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise FileExistsError(f"{str(path)!r} already holds files that are not a model folder; the output replaces "
+                              "the whole folder, so choose a new or empty one.")

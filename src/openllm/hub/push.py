@@ -8,7 +8,8 @@ from typing import Optional
 logger = logging.getLogger(__name__)
 
 # training state that belongs on the machine that trained, not in the model repo
-LOCAL_ONLY = ["checkpoint-*", "checkpoint-*/**", "runs/**"]
+# (and hidden staging folders of an interrupted save)
+LOCAL_ONLY = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".tmp-*/**", ".ready/**"]
 
 
 def _offline() -> bool:

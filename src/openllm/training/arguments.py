@@ -1,4 +1,9 @@
-"""Arguments of the training recipes, as dataclasses that `TrlParser` fills from a YAML file and the command line."""
+"""Arguments of every training stage, as dataclasses that `TrlParser` fills from a YAML file and the command line.
+
+Pretraining: `DataArguments`, `ModelArguments`, `PretrainConfig`. Post-training: `PostTrainArguments` (or
+`RLHFArguments`), one of `SFTConfig`/`RewardConfig`/`DPOConfig`/`GRPOConfig` below, and TRL's `ModelConfig`. Every
+training config carries `RunArguments` (resuming and overwriting, read by `openllm.training.run`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,24 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from transformers import TrainingArguments
+from trl import DPOConfig as _DPOConfig
+from trl import GRPOConfig as _GRPOConfig
+from trl import RewardConfig as _RewardConfig
+from trl import ScriptArguments
+from trl import SFTConfig as _SFTConfig
+
+
+@dataclass
+class RunArguments:
+    """What every stage does with an `output_dir` that already holds a run (see `openllm.training.run`)."""
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Delete what output_dir holds (a finished run, checkpoints) and train from "
+                                         "scratch. Otherwise a finished run is reported and left as it is, and an "
+                                         "interrupted one resumes."})
+    auto_resume: bool = field(
+        default=True, metadata={"help": "Resume from the newest complete checkpoint-* in output_dir when "
+                                        "resume_from_checkpoint is unset."})
 
 
 @dataclass
@@ -66,7 +89,7 @@ def cpu_supports_bf16() -> bool:
 
 
 @dataclass
-class PretrainConfig(TrainingArguments):
+class PretrainConfig(RunArguments, TrainingArguments):
     r"""
     `transformers.TrainingArguments` for pretraining. Changed defaults (GPT-2/Llama-style pretraining):
 
@@ -84,9 +107,8 @@ class PretrainConfig(TrainingArguments):
 
     - `precision` ("auto", "bf16", "fp16", "fp32"): "auto" picks bf16 on GPUs that support it, else fp16; on
       CPU, bf16 autocast when the processor has AVX512-BF16 or AMX, else fp32. It sets `bf16`/`fp16`/`use_cpu`,
-      unless `bf16` or `fp16` is set explicitly.
-    - `auto_resume` (bool, True): resume from the last `checkpoint-*` in `output_dir` when there is one and
-      `resume_from_checkpoint` is unset.
+      `bf16: true` or `fp16: true` in a config is the same as `precision: bf16`/`fp16`.
+    - `auto_resume`, `overwrite_output_dir`: see `RunArguments`.
     - `final_eval_documents` (int, 500): after training, `openllm.evaluation.perplexity.evaluate_model` scores up to
       this many held-out documents (perplexity, bits per byte, calibration, samples) into `eval_results.json`, and
       the model card (README.md) is rendered from what was measured; 0 skips both.
@@ -105,15 +127,17 @@ class PretrainConfig(TrainingArguments):
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "See DDP."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb... or none."})
     precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32 (see the class docstring)."})
-    auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir."})
     final_eval_documents: int = field(default=500, metadata={
         "help": "Held-out documents scored after training for eval_results.json and the model card; 0 skips."})
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
-        if not (self.bf16 or self.fp16):
-            self._resolve_precision()
+        explicit = "bf16" if self.bf16 else "fp16" if self.fp16 else None
+        if explicit and self.precision not in ("auto", explicit):
+            raise ValueError(f"{explicit}=True contradicts precision={self.precision!r}; set only one of them.")
+        self.precision = explicit or self.precision
+        self._resolve_precision()
         super().__post_init__()
 
     def _resolve_precision(self):
@@ -142,4 +166,71 @@ def _on_mps() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-__all__ = ["DataArguments", "ModelArguments", "PretrainConfig", "cpu_supports_bf16"]
+# ---------------------------------------------------------------------------------------------------------------------
+# Post-training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PostTrainArguments(ScriptArguments):
+    """TRL's `ScriptArguments` plus what every OpenLLM post-training recipe reads.
+
+    `dataset_name` also takes a local file/folder or a synthetic `openllm:mix` (see `openllm.data.post_training`);
+    `dataset_config` then picks `conversational` (default) or `standard` strings.
+    """
+
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use; defaults to the one saved with the model."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+    eval_before_and_after: bool = field(
+        default=True,
+        metadata={"help": "Evaluate on the test split before and after training and record both in "
+                          "training_summary.json (`initial_*` = before)."})
+    answer_accuracy: bool = field(
+        default=True,
+        metadata={"help": "When the test split has an `answer` column, also measure greedy exact-match accuracy "
+                          "before and after training."})
+    log_expert_load: bool = field(
+        default=True, metadata={"help": "Log expert utilisation (`expert_load/*`) for Mixture-of-Experts models."})
+
+
+@dataclass
+class RLHFArguments(PostTrainArguments):
+    """`PostTrainArguments` plus where the reward comes from: a trained reward model and/or named reward functions."""
+
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Reward model folder or Hub id (a sequence-classification model, 1 label)."})
+    reward_funcs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Programmatic rewards from `openllm.training.rewards.REWARD_FUNCS` (e.g. accuracy)."})
+
+
+@dataclass
+class SFTConfig(RunArguments, _SFTConfig):
+    """TRL's `SFTConfig` plus `RunArguments`. Changed default: `assistant_only_loss` is None (True on conversational
+    data, where TRL needs it to be False otherwise) instead of False."""
+
+    assistant_only_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Loss on assistant turns only. Defaults to True for conversational data, False otherwise."},
+    )
+
+
+@dataclass
+class RewardConfig(RunArguments, _RewardConfig):
+    """TRL's `RewardConfig` plus `RunArguments`."""
+
+
+@dataclass
+class DPOConfig(RunArguments, _DPOConfig):
+    """TRL's `DPOConfig` plus `RunArguments`."""
+
+
+@dataclass
+class GRPOConfig(RunArguments, _GRPOConfig):
+    """TRL's `GRPOConfig` plus `RunArguments`."""
+
+
+__all__ = ["RunArguments", "DataArguments", "ModelArguments", "PretrainConfig", "cpu_supports_bf16",
+           "PostTrainArguments", "RLHFArguments", "SFTConfig", "RewardConfig", "DPOConfig", "GRPOConfig"]

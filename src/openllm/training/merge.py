@@ -50,7 +50,10 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
 
     import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
 
-    from .posttrain import hardware_description, portable_tokenizer_config, write_card
+    from .. import atomic
+    from ..data.tokenizer import portable_tokenizer_config
+    from ..hub.paths import check_output_folder
+    from .run import SUMMARY_FILE, describe_hardware, write_card
 
     start = time.perf_counter()
     try:
@@ -82,14 +85,10 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
     if max_diff > _TOLERANCE.get(dtype_name, 1e-4) * max(1.0, expected.abs().max().item()):
         raise RuntimeError(f"Merged logits differ from base+adapter by {max_diff:.3e}; not saving {output_dir}.")
 
-    output_dir = Path(output_dir)
-    merged.save_pretrained(output_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):  # the adapter folder has no tokenizer: take the base model's
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
-    tokenizer.save_pretrained(output_dir)
-    portable_tokenizer_config(output_dir)
 
     adapter_summary = {}
     if (Path(adapter) / "training_summary.json").exists():
@@ -105,9 +104,14 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
                           "target_modules": sorted(peft_config.target_modules or []), "dtype": dtype_name},
         "log_history": adapter_summary.get("log_history", []),
         "metrics": {**adapter_summary.get("metrics", {}), "max_abs_logit_diff": max_diff},
-        "hardware": hardware_description(),
+        "hardware": describe_hardware(),
         "train_runtime_s": round(time.perf_counter() - start, 2),
     }
-    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    write_card(output_dir)
+    check_output_folder(output_dir)
+    with atomic.folder(output_dir) as folder:  # the merged folder appears whole or not at all
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        portable_tokenizer_config(folder)
+        atomic.write_json(folder / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
+        write_card(folder, name=Path(output_dir).resolve().name)
     return summary

@@ -1,8 +1,11 @@
 """Pretraining with transformers' `Trainer`: corpus → tokenizer → packed blocks → model → train → evaluate → save.
 
-`recipes/pretrain.py` is the command-line entry point; `pretrain(data_args, model_args, training_args)` is the same
-run as a function. The output folder holds the model (`save_pretrained`, with its code, so it loads with
-`trust_remote_code=True` anywhere), the tokenizer, `training_summary.json`, and `checkpoint-*` folders to resume from.
+    python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml      # or: openllm pretrain --config ...
+
+`pretrain(data_args, model_args, training_args)` is the run as a function; `main` adds the report printed at the end.
+The output folder holds the model (`save_pretrained`, with its code, so it loads with `trust_remote_code=True`
+anywhere), the tokenizer, `training_summary.json`, `eval_results.json`, the model card, and `checkpoint-*` folders
+to resume from (see `openllm.training.run`).
 """
 
 from __future__ import annotations
@@ -11,37 +14,33 @@ import json
 import logging
 import math
 import os
-import platform
 import time
+from pathlib import Path
 from typing import Optional
 
 from transformers import ProgressCallback, Trainer, TrainerCallback
 
+from .. import atomic
 from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from ..hub.push import push_folder
+from . import run
 from .arguments import DataArguments, ModelArguments, PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "training_summary.json"
-# hyperparameters recorded in training_summary.json
-SUMMARY_ARGS = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay",
-                "adam_beta1", "adam_beta2", "max_grad_norm", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "num_train_epochs", "max_steps", "seed", "precision", "torch_compile",
-                "gradient_checkpointing")
+# a tokenizer trained by this run, kept for a resumed run until the finished folder holds it (see run.remove_run_files)
+TRAINED_TOKENIZER = ".tmp-tokenizer"
 
 
-def make_parser():
-    """The recipe's `TrlParser`: YAML (`--config`) and command-line flags → (DataArguments, ModelArguments,
-    PretrainConfig)."""
+def make_parser(**kwargs):
+    """`TrlParser`: YAML (`--config`) and command-line flags → (DataArguments, ModelArguments, PretrainConfig)."""
     from trl import TrlParser
 
-    return TrlParser((DataArguments, ModelArguments, PretrainConfig))
+    return TrlParser((DataArguments, ModelArguments, PretrainConfig), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Trainer additions: perplexity, bits per byte, tokens/s and expert utilisation in every log
+# Trainer additions: perplexity, bits per byte and tokens/s in every log
 
 
 class ThroughputMeter(TrainerCallback):
@@ -77,22 +76,13 @@ class ThroughputProgressCallback(ProgressCallback):
         super().on_log(args, state, control, logs=logs, **kwargs)
 
 
-def expert_utilisation(model) -> tuple[dict, dict]:
-    """(log entries, per-layer load) for an MoE model: `expert_load/layer_i` is the busiest expert's share of the
-    routed tokens times the number of experts (1.0 = perfectly balanced, E = one expert takes everything)."""
-    get_load = getattr(model, "get_expert_load", None)
-    load = get_load(reset=True) if get_load is not None else {}
-    logs = {f"expert_load/layer_{i}": float(frac.max() * frac.numel()) for i, frac in load.items()}
-    return logs, {str(i): [round(float(x), 4) for x in frac] for i, frac in load.items()}
-
-
-class PretrainTrainer(Trainer):
-    """`Trainer` whose logs also carry tokens/s, perplexity, bits per byte and, for MoE models, expert load."""
+class PretrainTrainer(run.RunTrainerMixin, Trainer):
+    """`Trainer` with the run layer (staged checkpoints, exact resume, expert load), whose logs also carry tokens/s,
+    perplexity and bits per byte."""
 
     def __init__(self, *args, eval_tokens_per_byte: Optional[float] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_tokens_per_byte = eval_tokens_per_byte
-        self.expert_load = {}
         self.throughput = ThroughputMeter()
         self.add_callback(self.throughput)
         if not self.args.disable_tqdm:
@@ -102,9 +92,6 @@ class PretrainTrainer(Trainer):
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
             logs.update(self.throughput.measure(self.state))
-            load_logs, load = expert_utilisation(self.accelerator.unwrap_model(self.model))
-            logs.update(load_logs)
-            self.expert_load = load or self.expert_load
         for prefix in ("eval_", "test_"):
             if f"{prefix}loss" in logs:
                 loss = logs[f"{prefix}loss"]
@@ -137,18 +124,20 @@ def get_model_config(model_args: ModelArguments):
 
 
 def get_tokenizer(data_args: DataArguments, model_args: ModelArguments, corpus, output_dir: str, max_length: int):
-    """The tokenizer named in the arguments, else the one saved in `output_dir` by an earlier (interrupted) run of
-    the same recipe, else a new one trained on the training split and saved to `output_dir`."""
+    """The tokenizer named in the arguments, else the one an interrupted run of the same recipe trained and kept in
+    `output_dir`, else a new one trained on the training split (and kept there, so a resumed run encodes the same)."""
     name = data_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name:
         return load_tokenizer(name)
-    if os.path.isfile(os.path.join(output_dir, "tokenizer.json")):
-        logger.info("Reusing the tokenizer in %s", output_dir)
-        return load_tokenizer(output_dir)
+    kept = os.path.join(output_dir, TRAINED_TOKENIZER)
+    if os.path.isfile(os.path.join(kept, "tokenizer.json")):
+        logger.info("Reusing the tokenizer this run trained (%s)", kept)
+        return load_tokenizer(kept)
     texts = (batch["text"] for batch in corpus.train.iter(batch_size=1000))
     tokenizer = train_tokenizer(texts, data_args.vocab_size, data_args.tokenizer_type, length=len(corpus.train),
                                 model_max_length=max_length)
-    save_tokenizer(tokenizer, output_dir)
+    with atomic.folder(kept) as tmp:
+        save_tokenizer(tokenizer, str(tmp))
     return tokenizer
 
 
@@ -169,39 +158,40 @@ def get_model(model_args: ModelArguments, config, tokenizer):
     return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
-def describe_hardware(args: PretrainConfig) -> str:
-    import torch
+def final_metrics(trainer, train_output, eval_blocks, num_parameters: int) -> dict:
+    """train loss, held-out loss/perplexity/bits per byte at the last step, tokens seen, expert load."""
+    metrics = {"train_loss": train_output.metrics.get("train_loss")}
+    if eval_blocks is not None:
+        # the Trainer may just have evaluated at this very step
+        last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
+        if "eval_loss" in last and last.get("step") == trainer.state.global_step:
+            eval_metrics = last
+        else:
+            eval_metrics = trainer.evaluate()
+        metrics.update(eval_loss=eval_metrics["eval_loss"], perplexity=eval_metrics["eval_perplexity"])
+        if "eval_bits_per_byte" in eval_metrics:
+            metrics["bits_per_byte"] = eval_metrics["eval_bits_per_byte"]
+    metrics.update(tokens_seen=trainer.state.num_input_tokens_seen, num_parameters=num_parameters)
+    if trainer.run_state["expert_load_total"]:
+        metrics["expert_load"] = trainer.expert_load_summary()
+    return metrics
 
-    if torch.cuda.is_available() and not args.use_cpu:
-        device = torch.cuda.get_device_name()
-    else:
-        device = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                device = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-        device = f"CPU {device} ({os.cpu_count()} cores)"
-    precision = {"bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}.get(args.precision, "fp32")
-    return f"{args.world_size} × {device}, {precision}"
 
-
-def evaluate_and_card(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig) -> dict:
-    """Score held-out documents into `eval_results.json` (with samples and a reliability diagram), then render
-    the model card from the folder."""
+def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig):
+    """`extras` for `run.save_final`: score held-out documents into `folder/eval_results.json` (with samples and a
+    reliability diagram), which the model card then reports."""
     from ..evaluation.perplexity import evaluate_model
-    from ..hub.model_card import write_model_card
 
-    texts = corpus.eval["text"][: training_args.final_eval_documents]
-    prompts = [" ".join(t.split()[:6]) for t in texts[:3]]
-    results = evaluate_model(
-        model, tokenizer, texts, block_size=data_args.block_size, sample_prompts=prompts,
-        output_dir=training_args.output_dir, model_name=training_args.output_dir, show_progress=True,
-        dataset_info={"name": data_args.dataset_name, "split": "held-out", "documents": len(texts)},
-    )
-    card = write_model_card(training_args.output_dir)
-    logger.info("Wrote eval_results.json and the model card %s", card)
-    return results
+    def evaluate(folder: Path):
+        texts = corpus.eval["text"][: training_args.final_eval_documents]
+        prompts = [" ".join(t.split()[:6]) for t in texts[:3]]
+        evaluate_model(model, tokenizer, texts, block_size=data_args.block_size, sample_prompts=prompts,
+                       output_dir=str(folder), model_name=training_args.output_dir, show_progress=True,
+                       dataset_info={"name": data_args.dataset_name, "split": "held-out", "documents": len(texts)})
+
+    if training_args.final_eval_documents and corpus.eval is not None:
+        return evaluate
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,20 +201,21 @@ def evaluate_and_card(model, tokenizer, corpus, data_args: DataArguments, traini
 def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig,
              callbacks: Optional[list] = None) -> dict:
     """Pretrain a model as the arguments say and return the training summary (also written to
-    `output_dir/training_summary.json`)."""
-    import transformers
+    `output_dir/training_summary.json`). A finished `output_dir` is reported and returned unchanged."""
     from transformers import DataCollatorForLanguageModeling, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("openllm").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    run.setup(training_args)
+    finished = run.prepare_output_dir(training_args)
+    if finished is not None:
+        return finished
     set_seed(training_args.seed)
     output_dir = training_args.output_dir
 
+    # Model configuration: checked before minutes of data processing, not after
     config = get_model_config(model_args)
-    check_block_size(data_args.block_size, config)  # before minutes of data processing, not after
+    check_block_size(data_args.block_size, config)
 
+    # Data and tokenizer
     with training_args.main_process_first(desc="data and tokenizer"):
         corpus = load_corpus(data_args.dataset_name, data_args.text_column, config_name=data_args.dataset_config,
                              splits=data_args.dataset_splits, sample_by=data_args.sample_by,
@@ -234,14 +225,15 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
         train_blocks, eval_blocks = pack_corpus(corpus, tokenizer, data_args.block_size, data_args.num_proc)
     corpus.stats["vocab_size"] = len(tokenizer)
 
+    # Model
     model = get_model(model_args, config, tokenizer)
     n_params = model.num_parameters()
     logger.info("Model: %s parameters (%s), %s layers, hidden %s%s", f"{n_params:,}",
                 model_args.model_name_or_path or f"preset {model_args.model_preset}", config.num_hidden_layers,
                 config.hidden_size, f", {config.num_experts} experts" if config.num_experts else "")
 
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False  # pushed once at the end, so an offline run still trains and saves
+    # Trainer
+    push = run.defer_push(training_args)
     if eval_blocks is None:
         training_args.eval_strategy = "no"
     trainer = PretrainTrainer(
@@ -255,72 +247,56 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
         eval_tokens_per_byte=corpus.stats.get("eval_tokens_per_byte"),
     )
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and training_args.auto_resume and os.path.isdir(output_dir):
-        checkpoint = get_last_checkpoint(output_dir)
-    if checkpoint:
-        logger.info("Resuming from %s", checkpoint)
-    try:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    except KeyboardInterrupt:
-        if training_args.world_size == 1 and trainer.state.global_step > 0:
-            trainer._save_checkpoint(trainer.model, trial=None)
-            logger.warning("Interrupted at step %d; saved a checkpoint in %s. Run the same command to resume.",
-                           trainer.state.global_step, output_dir)
-        raise
-
-    metrics = {"train_loss": train_result.metrics.get("train_loss")}
-    if eval_blocks is not None:
-        # the Trainer may just have evaluated at this very step
-        last = trainer.state.log_history[-2] if len(trainer.state.log_history) > 1 else {}
-        if "eval_loss" in last and last.get("step") == trainer.state.global_step:
-            eval_metrics = last
-        else:
-            eval_metrics = trainer.evaluate()
-        metrics.update(eval_loss=eval_metrics["eval_loss"], perplexity=eval_metrics["eval_perplexity"])
-        if "eval_bits_per_byte" in eval_metrics:
-            metrics["bits_per_byte"] = eval_metrics["eval_bits_per_byte"]
-    metrics.update(tokens_seen=trainer.state.num_input_tokens_seen, num_parameters=n_params)
-    if trainer.expert_load:
-        metrics["expert_load"] = trainer.expert_load
-
+    # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
+    checkpoint = run.resolve_checkpoint(training_args)
+    train_output = run.train(trainer, checkpoint)
+    metrics = final_metrics(trainer, train_output, eval_blocks, n_params)
     model.config.use_cache = True
-    trainer.save_model(output_dir)
-    summary = {
-        "stage": "pretrain",
-        "base_model": model_args.model_name_or_path,
-        "datasets": [data_args.dataset_name],
-        "data": corpus.stats,
-        "training_args": {
-            **{k: getattr(training_args, k) for k in SUMMARY_ARGS},
-            "model_preset": None if model_args.model_name_or_path else model_args.model_preset,
-            "block_size": data_args.block_size,
-            "tokenizer_type": None if data_args.tokenizer_name_or_path else data_args.tokenizer_type,
-            "world_size": training_args.world_size,
-            "global_batch_size": training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps * training_args.world_size,
-            "tokens_per_step": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-            * training_args.world_size * data_args.block_size,
-            "resumed_from": checkpoint,
-        },
-        "log_history": trainer.state.log_history,
-        "metrics": metrics,
-        "hardware": describe_hardware(training_args),
-        "train_runtime_s": train_result.metrics.get("train_runtime"),
-    }
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, output_dir)
-        with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
-            f.write("\n")
-        logger.info("Saved the model, tokenizer and %s to %s", SUMMARY_FILE, output_dir)
-        if training_args.final_eval_documents and corpus.eval is not None:
-            evaluate_and_card(model, tokenizer, corpus, data_args, training_args)
-        if push:
-            push_folder(output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
-                        token=training_args.hub_token, commit_message="Upload pretrained OpenLLM model")
+    summary = run.training_summary(
+        trainer, "pretrain", training_args, train_output, base_model=model_args.model_name_or_path,
+        datasets=[data_args.dataset_name], data=corpus.stats, metrics=metrics,
+        extra_args={"model_preset": None if model_args.model_name_or_path else model_args.model_preset,
+                    "block_size": data_args.block_size,
+                    "tokenizer_type": None if data_args.tokenizer_name_or_path else data_args.tokenizer_type,
+                    "tokens_per_step": training_args.per_device_train_batch_size
+                    * training_args.gradient_accumulation_steps * training_args.world_size * data_args.block_size},
+    )
+    run.save_final(trainer, training_args, summary,
+                   extras=held_out_evaluation(model, tokenizer, corpus, data_args, training_args))
+    if push:
+        run.push(training_args, "pretrain")
     return summary
 
 
-__all__ = ["make_parser", "pretrain", "PretrainTrainer", "check_block_size", "get_model_config", "get_tokenizer",
-           "get_model", "describe_hardware", "SUMMARY_FILE"]
+def main(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig):
+    """`pretrain`, then (main process) the report a person wants to see: the numbers, samples, how to load it."""
+    run.setup(training_args)
+    if (summary := run.finished(training_args)) is not None:
+        return summary
+    summary = pretrain(data_args, model_args, training_args)
+    if training_args.should_save:
+        report(training_args.output_dir, summary)
+    return summary
+
+
+def report(output_dir: str, summary: dict):
+    metrics = summary["metrics"]
+    print(f"\nTrained {metrics['num_parameters']:,} parameters on {metrics['tokens_seen']:,} tokens in "
+          f"{summary['train_runtime_s'] or 0:.0f} s ({summary['hardware']}).")
+    results_file = os.path.join(output_dir, "eval_results.json")
+    if os.path.isfile(results_file):
+        with open(results_file) as f:
+            results = json.load(f)
+        m = results["metrics"]
+        print(f"Held-out: perplexity {m['perplexity']:.2f} · {m['bits_per_byte']:.4f} bits/byte · "
+              f"next-token accuracy {m['accuracy']:.3f} · ECE {m['ece']:.4f}")
+        for sample in results.get("samples", []):
+            print(f"  {sample['prompt']!r} → {sample['completion']!r}")
+    elif "eval_loss" in metrics:
+        print(f"eval loss {metrics['eval_loss']:.4f} · perplexity {metrics['perplexity']:.2f}")
+    print(f"\nModel, tokenizer and model card: {output_dir}\n"
+          f"  AutoModelForCausalLM.from_pretrained({output_dir!r}, trust_remote_code=True)")
+
+
+__all__ = ["make_parser", "main", "pretrain", "PretrainTrainer", "check_block_size", "get_model_config",
+           "get_tokenizer", "get_model"]

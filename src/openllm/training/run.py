@@ -1,0 +1,512 @@
+"""The run layer every training stage shares (pretraining, SFT, reward, DPO, RLHF; merge writes its card here too).
+
+- **Where a run stands** (`prepare_output_dir`, `resolve_checkpoint`): a finished `output_dir` is reported and left as
+  it is; an interrupted one resumes from its newest *complete* checkpoint; `overwrite_output_dir` starts afresh.
+- **Crash-safe checkpoints** (`RunTrainerMixin`, mixed into every stage's Trainer by `with_run_layer`): each
+  `checkpoint-N` is written into a hidden staging folder and renamed into place once every rank has finished writing
+  it, and only then are old checkpoints rotated out. The checkpoint also carries what exact resume needs beyond
+  transformers' own state (the loss accumulators, the metrics measured before training, expert load so far).
+- **The final folder** (`save_final`): model, code, tokenizer, `training_summary.json`, evaluation and model card are
+  staged and committed together (`openllm.atomic.commit_contents`), the summary last: it marks the run finished.
+- **One summary schema** (`training_summary`), one hardware/precision description, one expert-load log
+  (`expert_load/*`), logging setup, and the Hub push deferred to the end (`defer_push`, `push`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import atomic
+
+logger = logging.getLogger("openllm.training")
+
+SUMMARY_FILE = "training_summary.json"
+CHECKPOINT_STAGING = ".tmp-checkpoint"
+FINAL_STAGING = ".tmp-final"
+RUN_STATE = "run_state_{rank}.json"
+TRAINER_STATE = "trainer_state.json"
+# hyperparameters recorded in training_summary.json, when the stage's arguments have them
+SUMMARY_ARGS = (
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "adam_beta1",
+    "adam_beta2", "max_grad_norm", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "seed", "torch_compile", "gradient_checkpointing", "max_length", "packing", "assistant_only_loss",
+    "completion_only_loss", "beta", "loss_type", "num_generations", "max_completion_length", "temperature",
+    "center_rewards_coefficient",
+)
+SUMMARY_MODEL_ARGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit",
+                      "load_in_8bit")
+
+
+def setup(training_args) -> None:
+    """Logging (openllm's INFO lines on the main process, warnings only on the others; transformers at the Trainer's
+    level), and a check that the launcher's request for FSDP is honoured."""
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("openllm").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    check_distributed()
+
+
+def check_distributed() -> None:
+    """accelerate shards with FSDP only on accelerators (CUDA, XPU, NPU...): on CPU processes an FSDP config silently
+    becomes plain DDP over gloo. Refuse instead of training something other than what was asked for."""
+    from accelerate import PartialState
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    kind = str(PartialState().distributed_type).split(".")[-1]
+    if kind != "FSDP":
+        import accelerate
+
+        raise ValueError(f"The launcher asked for FSDP, but accelerate {accelerate.__version__} set this run up as "
+                         f"{kind}: it shards with FSDP only on GPUs (and other accelerators), not on CPU processes. "
+                         "On CPUs launch with recipes/accelerate_configs/ddp.yaml (`--multi_gpu`, which runs DDP over "
+                         "gloo) instead.")
+
+
+def _is_main(training_args) -> bool:
+    return training_args.process_index == 0
+
+
+def _barrier() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Where a run stands
+
+
+def read_summary(output_dir) -> Optional[dict]:
+    path = Path(output_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_output_dir(training_args) -> Optional[dict]:
+    """Call before loading anything. Completes a final folder whose commit a kill interrupted, clears `output_dir`
+    when `overwrite_output_dir` is set, and returns the summary of a run that already finished there (None
+    otherwise): the caller reports it with `report_finished` and stops, so rerunning a finished command changes
+    nothing."""
+    output_dir = Path(training_args.output_dir)
+    if _is_main(training_args):
+        atomic.empty_trash(output_dir)
+        if getattr(training_args, "overwrite_output_dir", False):
+            if output_dir.exists():
+                logger.info("overwrite_output_dir: removing %s to train from scratch", output_dir)
+            atomic.remove_folder(output_dir)
+        elif output_dir.is_dir():
+            atomic.finish_contents(output_dir, last=SUMMARY_FILE)
+            if read_summary(output_dir) is not None:
+                remove_run_files(output_dir)  # left by a kill between the commit and their removal
+    _barrier()
+    if getattr(training_args, "overwrite_output_dir", False) or training_args.resume_from_checkpoint:
+        return None  # an explicit checkpoint continues a run, finished or not
+    return read_summary(output_dir)
+
+
+def remove_run_files(output_dir) -> None:
+    """Remove what a run keeps in hidden `.tmp-*` entries of its output_dir while it trains (staging folders, a
+    tokenizer it trained), once the finished folder is committed."""
+    for path in Path(output_dir).glob(".tmp-*"):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def finished(training_args) -> Optional[dict]:
+    """`prepare_output_dir`, and when the run already finished, say so (main process) and return its summary."""
+    summary = prepare_output_dir(training_args)
+    if summary is not None and _is_main(training_args):
+        report_finished(summary, training_args.output_dir)
+    return summary
+
+
+def report_finished(summary: dict, output_dir) -> None:
+    """What a rerun of a finished command prints (main process)."""
+    numbers = {k: v for k, v in (summary.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in numbers.items())
+    steps = [e["step"] for e in summary.get("log_history") or [] if "step" in e]
+    print(f"Run complete: {output_dir} already holds the finished {summary.get('stage', '')} run"
+          f"{f' ({max(steps)} steps)' if steps else ''}.\n  Final metrics: {shown or 'none recorded'}\n"
+          "  Nothing was changed. To train again, pass --overwrite_output_dir true or another --output_dir.")
+
+
+def checkpoint_step(checkpoint) -> int:
+    return int(json.loads((Path(checkpoint) / TRAINER_STATE).read_text())["global_step"])
+
+
+def complete_checkpoints(output_dir) -> list[Path]:
+    """`checkpoint-N` folders of `output_dir` that are complete, oldest first; incomplete ones (left by another
+    program, or a version without staged saves) are reported and skipped. Leftover staging folders are removed."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    staging = output_dir / CHECKPOINT_STAGING
+    if staging.exists():
+        logger.warning("Ignoring %s: a checkpoint save was interrupted there; removing it.", staging)
+        shutil.rmtree(staging, ignore_errors=True)
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        if not (path.is_dir() and path.name.split("-", 1)[1].isdigit()):
+            continue
+        if (path / TRAINER_STATE).is_file():
+            found.append(path)
+        else:
+            logger.warning("Ignoring %s: it is incomplete (no %s).", path, TRAINER_STATE)
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def resolve_checkpoint(training_args) -> Optional[str]:
+    """The checkpoint to resume from: `resume_from_checkpoint` when it names a folder; the newest complete one in
+    `output_dir` when it is true/last, or unset with `auto_resume`."""
+    value = training_args.resume_from_checkpoint
+    if isinstance(value, str) and value.lower() not in ("true", "last", "latest"):
+        if not (Path(value) / TRAINER_STATE).is_file():
+            raise FileNotFoundError(f"resume_from_checkpoint={value!r} is not a complete checkpoint folder (no "
+                                    f"{TRAINER_STATE}).")
+        return value
+    if value is None and not getattr(training_args, "auto_resume", True):
+        return None
+    checkpoints = complete_checkpoints(training_args.output_dir)
+    if checkpoints:
+        logger.info("Resuming from %s", checkpoints[-1])
+        return str(checkpoints[-1])
+    return None
+
+
+def read_run_state(checkpoint, rank: int = 0) -> dict:
+    """What `RunTrainerMixin` saved in `checkpoint` for process `rank` (empty for checkpoints of other programs)."""
+    if not checkpoint:
+        return {}
+    path = Path(checkpoint) / RUN_STATE.format(rank=rank)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Trainer mixin
+
+
+def _expert_load_source(model):
+    """The module with `get_expert_load` inside PEFT/DDP wrappers, or None for dense models."""
+    for candidate in (model, getattr(model, "module", None), getattr(model, "base_model", None)):
+        while candidate is not None:
+            if hasattr(type(candidate), "get_expert_load"):
+                return candidate if getattr(candidate.config, "num_experts", 0) else None
+            candidate = getattr(candidate, "model", None)
+    return None
+
+
+class RunTrainerMixin:
+    """Mixed in front of a transformers/TRL Trainer (see `with_run_layer`): staged checkpoints, exact resume,
+    expert-load logs, and no false alarm about tied weights on resume.
+
+    `run_state` is saved with every checkpoint; stages put what they measured before training in
+    `run_state["initial_metrics"]`."""
+
+    log_expert_load = True
+
+    def __init__(self, *args, **kwargs):
+        from transformers import TrainerCallback
+
+        super().__init__(*args, **kwargs)
+        self.run_state = {"initial_metrics": {}, "expert_load_total": {}, "train_runtime": 0.0}
+        self._staging_root = None
+        self._resumed_state = {}
+        trainer = self
+
+        class RestoreAccumulators(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                trainer._restore_accumulators()
+
+        self.add_callback(RestoreAccumulators)
+
+    # -- training -----------------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        self._run_started = time.perf_counter()
+        self._resumed_state = read_run_state(resume_from_checkpoint, self.args.process_index)
+        for key in ("initial_metrics", "expert_load_total", "train_runtime"):
+            if key in self._resumed_state:
+                self.run_state[key] = self._resumed_state[key]
+        if resume_from_checkpoint and self._is_last_step(resume_from_checkpoint):
+            return self._finish_from_checkpoint(resume_from_checkpoint)
+        eval_on_start = self.args.eval_on_start
+        self.args.eval_on_start = eval_on_start and not resume_from_checkpoint  # it is in the resumed history
+        try:
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            self.args.eval_on_start = eval_on_start
+        output.metrics["train_runtime"] = self.run_state["train_runtime"] + output.metrics.get("train_runtime", 0.0)
+        return output
+
+    def _is_last_step(self, checkpoint) -> bool:
+        state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+        planned = self.args.max_steps if self.args.max_steps > 0 else state.get("max_steps", math.inf)
+        return state["global_step"] >= planned
+
+    def _restore_accumulators(self):
+        """Put the loss accumulated before the checkpoint back, so the logged losses and `train_loss` of a resumed
+        run are those of an uninterrupted one."""
+        state = self._resumed_state
+        if "total_loss" in state:
+            self._total_loss_scalar = state["total_loss"]
+            self._tr_loss += state["pending_loss"]
+            self._globalstep_last_logged = state["last_logged_step"]
+            self._initial_global_step = 0
+
+    def _finish_from_checkpoint(self, checkpoint):
+        """The checkpoint is the end of training (the run was killed after its last save): load it and skip
+        `train`, which would otherwise run one step past the schedule's end."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        logger.info("%s is the last step of the run: nothing left to train.", checkpoint)
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
+        state = self._resumed_state
+        train_loss = (state.get("total_loss", 0.0) + state.get("pending_loss", 0.0)) / max(self.state.global_step, 1)
+        metrics = {"train_runtime": self.run_state["train_runtime"], "total_flos": self.state.total_flos,
+                   "train_loss": train_loss}
+        self.log(dict(metrics))
+        return TrainOutput(self.state.global_step, train_loss, metrics)
+
+    # -- staged checkpoints -------------------------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial):
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, CHECKPOINT_STAGING)
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)
+            os.makedirs(staging_root)
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+        os.makedirs(staged, exist_ok=True)
+        atomic.write_json(os.path.join(staged, RUN_STATE.format(rank=self.args.process_index)), {
+            **self.run_state,
+            "train_runtime": self.run_state["train_runtime"] + time.perf_counter() - self._run_started,
+            "total_loss": self._total_loss_scalar, "pending_loss": self._tr_loss.item(),
+            "last_logged_step": self._globalstep_last_logged,
+        })
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
+                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir)
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE))
+            atomic.fsync_tree(staged)
+            atomic.replace_folder(staged, final)  # the commit: checkpoint-N exists only complete
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _issue_warnings_after_load(self, load_result):
+        """A tied head is not stored in checkpoints, so loading one reports it as missing; it is not."""
+        model = self.accelerator.unwrap_model(self.model)
+        config = getattr(model, "config", None)
+        tied = set(getattr(model, "_tied_weights_keys", None) or ())
+        if tied and getattr(config, "tie_word_embeddings", False):
+            missing = [k for k in load_result.missing_keys if not any(k.endswith(t) for t in tied)]
+            if len(missing) < len(load_result.missing_keys):
+                model.tie_weights()
+                load_result = load_result._replace(missing_keys=missing)
+        super()._issue_warnings_after_load(load_result)
+
+    # -- expert load --------------------------------------------------------------------------------------------------
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs and self.log_expert_load:
+            logs.update(self._expert_load_logs())
+        super().log(logs, *args, **kwargs)
+
+    def _expert_load_logs(self) -> dict:
+        """`expert_load/layer_i`: layer i's busiest expert's share of the routed tokens times the number of experts
+        (1.0 = perfectly balanced, E = one expert takes everything), since the previous log; `expert_load/max`,
+        `/min` (over all layers' experts) and `/cv` (mean over layers of the coefficient of variation)."""
+        source = _expert_load_source(self.model)
+        load = source.get_expert_load(reset=True) if source is not None else {}
+        if not load:
+            return {}
+        scaled = {layer: frac.float().cpu() * frac.numel() for layer, frac in load.items()}
+        logs = {f"expert_load/layer_{layer}": round(s.max().item(), 4) for layer, s in scaled.items()}
+        logs["expert_load/max"] = max(logs.values())
+        logs["expert_load/min"] = round(min(s.min().item() for s in scaled.values()), 4)
+        logs["expert_load/cv"] = round(sum(s.std(unbiased=False).item() for s in scaled.values()) / len(scaled), 4)
+        total = self.run_state["expert_load_total"]
+        for layer, frac in load.items():
+            previous = total.get(str(layer), [0.0] * frac.numel())
+            total[str(layer)] = [a + float(b) for a, b in zip(previous, frac.float().cpu().tolist())]
+        return logs
+
+    def expert_load_summary(self) -> dict:
+        """Each layer's share of routed tokens per expert over the whole run (logged steps)."""
+        return {layer: [round(x / (sum(t) or 1), 4) for x in t]
+                for layer, t in self.run_state["expert_load_total"].items()}
+
+
+_CLASSES = {}
+
+
+def with_run_layer(trainer_class):
+    """`trainer_class` (Trainer, SFTTrainer, DPOTrainer, ...) with `RunTrainerMixin` in front."""
+    if trainer_class not in _CLASSES:
+        _CLASSES[trainer_class] = type(trainer_class.__name__, (RunTrainerMixin, trainer_class),
+                                       {"__module__": __name__})
+    return _CLASSES[trainer_class]
+
+
+def train(trainer, checkpoint: Optional[str]):
+    """`trainer.train`, resuming from `checkpoint` (from `resolve_checkpoint`)."""
+    return trainer.train(resume_from_checkpoint=checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hardware, precision, summary
+
+
+def precision_of(training_args) -> str:
+    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+
+
+def describe_hardware(training_args=None) -> str:
+    """`"{processes} × {device}, {precision}"`, e.g. "2 × NVIDIA H100 80GB HBM3, bf16 mixed precision"."""
+    import torch
+
+    use_cpu = getattr(training_args, "use_cpu", False)
+    if torch.cuda.is_available() and not use_cpu:
+        device = torch.cuda.get_device_name()
+    else:
+        device = platform.processor() or platform.machine()
+        with contextlib.suppress(OSError, StopIteration):
+            with open("/proc/cpuinfo") as f:
+                device = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        device = f"CPU {device} ({os.cpu_count()} cores)"
+    world = training_args.world_size if training_args is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    precision = precision_of(training_args) if training_args is not None else "fp32"
+    return f"{world} × {device}, " + {"fp32": "fp32"}.get(precision, f"{precision} mixed precision")
+
+
+def numbers(metrics: dict) -> dict:
+    """Finite numbers of a Trainer metrics dict, without timings and counters."""
+    skip = ("runtime", "per_second", "preparation_time", "num_tokens", "total_flos")
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and not any(s in k for s in skip)}
+
+
+def training_summary(trainer, stage: str, training_args, train_output, *, base_model, datasets, data: dict,
+                     metrics: dict, model_args=None, extra_args: Optional[dict] = None, **extra) -> dict:
+    """`training_summary.json`, the same schema for every stage: stage, base_model, datasets, data, training_args,
+    log_history, metrics, hardware, train_runtime_s (plus stage-specific keys such as `adapter` or `reward`)."""
+    world = training_args.world_size
+    args = {k: getattr(training_args, k) for k in SUMMARY_ARGS if hasattr(training_args, k)}
+    if model_args is not None and getattr(model_args, "use_peft", False):
+        args.update({k: getattr(model_args, k) for k in SUMMARY_MODEL_ARGS if getattr(model_args, k, None)})
+    args.update(precision=precision_of(training_args), world_size=world,
+                distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
+                global_batch_size=training_args.per_device_train_batch_size
+                * training_args.gradient_accumulation_steps * world)
+    args.update(extra_args or {})
+    runtime = train_output.metrics.get("train_runtime")
+    summary = {
+        "stage": stage,
+        "base_model": base_model,
+        "datasets": list(datasets),
+        "data": data,
+        "training_args": json.loads(json.dumps(args, default=str)),
+        "log_history": trainer.state.log_history,
+        "metrics": metrics,
+        "hardware": describe_hardware(training_args),
+        "train_runtime_s": round(float(runtime), 2) if runtime is not None else None,
+        **extra,
+    }
+    return json.loads(json.dumps(summary, default=str))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The final folder, the card, the Hub
+
+
+def write_card(folder, name: Optional[str] = None) -> bool:
+    """Render the model card (README.md) from what the folder records; `name` is the model's name when `folder` is
+    a staging folder."""
+    from ..hub.model_card import write_model_card
+
+    if not (Path(folder) / "config.json").is_file():  # a LoRA adapter: its card comes with `openllm merge`
+        logger.info("No model card for the adapter in %s; `openllm merge` writes one with the merged model.", folder)
+        return False
+    try:
+        write_model_card(folder, **({"model_name": name} if name else {}))
+    except Exception as e:  # the trained model is already saved: report, don't lose the run over the card
+        logger.error("Writing the model card for %s failed: %s", folder, e)
+        return False
+    return True
+
+
+def save_final(trainer, training_args, summary: dict, extras: Optional[Callable[[Path], None]] = None) -> None:
+    """Write the finished model folder as one unit: weights and code (`save_model`), tokenizer, `extras(folder)`
+    (e.g. an evaluation), `training_summary.json` and the model card are staged in a hidden folder, then committed
+    into `output_dir` with the summary last. Every process calls this (sharded models save from all ranks)."""
+    from ..data.tokenizer import portable_tokenizer_config
+
+    output_dir = Path(training_args.output_dir)
+    staging = output_dir / FINAL_STAGING
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if main:
+        portable_tokenizer_config(staging)
+        if extras is not None:
+            extras(staging)
+        atomic.write_json(staging / SUMMARY_FILE, summary)
+        write_card(staging, name=output_dir.resolve().name)
+        atomic.commit_contents(staging, output_dir, last=SUMMARY_FILE)
+        remove_run_files(output_dir)
+        logger.info("Saved the model, tokenizer, %s and model card to %s", SUMMARY_FILE, output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def defer_push(training_args) -> bool:
+    """Keep `Trainer` from creating the Hub repo up front (it fails offline, and would push checkpoints); returns
+    whether to `push` the finished folder at the end."""
+    wanted = bool(training_args.push_to_hub)
+    training_args.push_to_hub = False
+    return wanted
+
+
+def push(training_args, stage: str) -> Optional[str]:
+    """Push the finished `output_dir` (main process): checkpoints and logs stay local."""
+    from ..hub.push import push_folder
+
+    if not _is_main(training_args):
+        return None
+    return push_folder(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,
+                       token=training_args.hub_token, commit_message=f"Upload OpenLLM model ({stage})")
+
+
+__all__ = ["SUMMARY_FILE", "setup", "check_distributed", "prepare_output_dir", "finished", "report_finished",
+           "read_summary", "complete_checkpoints", "resolve_checkpoint", "read_run_state", "RunTrainerMixin",
+           "with_run_layer", "train", "precision_of", "describe_hardware", "numbers", "training_summary", "write_card",
+           "save_final", "defer_push", "push"]
