@@ -84,6 +84,7 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.cancelled = False  # set from the event loop; read by the worker
         self.submitted_at = time.perf_counter()
+        self.admitted_at: Optional[float] = None  # when it joined the running batch
         self._prefix_offset = self._read_offset = 0
 
     @property
@@ -125,7 +126,9 @@ class Engine:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        self.special_ids = set(tokenizer.all_special_ids)
+        # special: the tokenizer's named special tokens and every added token flagged special (chat markers...)
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special_ids = set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", 0)}
 
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
@@ -233,7 +236,9 @@ class Engine:
                          past_key_values=cache, use_cache=True, logits_to_keep=0 if want_prefill else 1)
         if want_prefill:
             self._prefill_tokens(new, out.logits, length)
+        now = time.perf_counter()
         for seq in new:
+            seq.admitted_at = now
             if seq.sampling:
                 seq.generator = torch.Generator(device=self.device).manual_seed(seq.seed)
         if self.metrics is not None:
