@@ -118,47 +118,86 @@ class ClientDisconnected(Exception):
     pass
 
 
+class Dispatcher:
+    """Hands each engine step's outputs to their requests on the event loop: one wake-up of the loop per step,
+    however many requests are in the batch (the engine's `on_step`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    def __call__(self, pairs: list[tuple[Sequence, StepOutput]]):  # the engine's thread
+        try:
+            self.loop.call_soon_threadsafe(self._distribute, pairs)
+        except RuntimeError:  # the event loop is gone (shutdown); nobody is listening
+            for seq, _ in pairs:
+                seq.cancel()
+
+    @staticmethod
+    def _distribute(pairs: list[tuple[Sequence, StepOutput]]):
+        for seq, output in pairs:
+            seq.owner.receive(output)
+
+
 class Generation:
-    """The event-loop side of one request: submits a `Sequence` and yields the `StepOutput`s the engine reports."""
+    """The event-loop side of one request: submits a `Sequence`, collects the `StepOutput`s the engine reports, and
+    wakes a streaming reader per token or a non-streaming one only at the end."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, metrics: ServerMetrics):
-        loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
         self.metrics = metrics
-        self.outputs: list[StepOutput] = []
-
-        def deliver(output: StepOutput):
-            try:
-                loop.call_soon_threadsafe(self.queue.put_nowait, output)
-            except RuntimeError:  # the event loop is gone (shutdown); nobody is listening
-                self.seq.cancel()
-
-        self.seq = Sequence(prompt_ids, params, deliver)
+        self.received: list[StepOutput] = []
+        self.finished = self.loop.create_future()
+        self._wake: Optional[asyncio.Future] = None
+        self.seq = Sequence(prompt_ids, params, owner=self)
         self.started = time.perf_counter()
         try:
             engine.submit(self.seq)
         except QueueFullError as e:
             raise APIError(429, str(e), kind="overloaded") from None
 
+    def receive(self, output: StepOutput):
+        if not self.received and output.token is not None:
+            self.metrics.first_token_latency.observe(time.perf_counter() - self.started)
+        self.received.append(output)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        if output.finish_reason is not None and not self.finished.done():
+            self.finished.set_result(None)
+
     async def __aiter__(self):
-        first = True
+        seen = 0
         try:
             while True:
-                output = await self.queue.get()
-                if output.finish_reason == "error":
-                    raise APIError(500, output.error, kind="generation")
+                while seen == len(self.received):
+                    self._wake = self.loop.create_future()
+                    await self._wake
+                output = self.received[seen]
+                seen += 1
+                self._check(output)
                 if output.finish_reason == "cancelled":
                     return
-                if first:
-                    self.metrics.first_token_latency.observe(time.perf_counter() - self.started)
-                    first = False
-                self.outputs.append(output)
                 yield output
                 if output.finish_reason is not None:
                     return
         finally:
             if self.seq.finish_reason is None:  # the client went away (or the handler failed): free the row
                 self.seq.cancel()
+
+    async def wait(self) -> Completed:
+        await self.finished
+        self._check(self.received[-1])
+        if self.received[-1].finish_reason == "cancelled":
+            raise ClientDisconnected()
+        return self.completed
+
+    @staticmethod
+    def _check(output: StepOutput):
+        if output.finish_reason == "error":
+            raise APIError(500, output.error, kind="generation")
+
+    @property
+    def outputs(self) -> list[StepOutput]:
+        return [o for o in self.received if o.token is not None]
 
     @property
     def completed(self) -> Completed:
@@ -171,16 +210,11 @@ class Generation:
 async def collect(request: Request, generations: list[Generation]) -> list[Completed]:
     """Run non-streaming generations to the end; cancel them all if the client disconnects first."""
 
-    async def run(generation: Generation):
-        async for _ in generation:
-            pass
-        return generation.completed
-
     async def disconnected():
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    work = asyncio.ensure_future(asyncio.gather(*(run(g) for g in generations)))
+    work = asyncio.ensure_future(asyncio.gather(*(g.wait() for g in generations)))
     watch = asyncio.ensure_future(disconnected())
     try:
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,6 +5,7 @@ Every route hands its request to the shared `Engine` and awaits the tokens it re
 clients are generated together in one batch; the event loop never runs the model.
 """
 
+import asyncio
 import hmac
 import time
 
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import APIError, ServerConfig, error_response, length_checker
+from .api import APIError, Dispatcher, ServerConfig, error_response, length_checker
 from .chat_page import chat_page
 from .engine import Engine
 from .metrics import ServerMetrics
@@ -34,6 +35,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
     context = engine.context_length
 
     async def lifespan(app):
+        engine.on_step = Dispatcher(asyncio.get_running_loop())
         if not engine.alive:
             engine.start()
         yield
