@@ -34,7 +34,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -e ".[dev]"
 	# TGI's legacy Python client, for the serving tests only: it pins huggingface_hub<1.0, so it lives outside the
 	# environment's resolution (--no-deps; its imports, requests/aiohttp/pydantic, are in the test extra)
-	$(BIN)/pip install --no-deps --target $(VENV)/text-generation-client "text-generation==0.7.0"
+	$(BIN)/pip install --no-deps --upgrade --target $(VENV)/text-generation-client "text-generation==0.7.0"
 
 # the chat page's browser test drives Debian's chromium with Playwright (Playwright's own browser download is not used)
 install-browser:

@@ -111,3 +111,28 @@ def test_no_ui_turns_the_page_off(tiny_serve_dir):
         assert root.status_code == 404 and "/chat" not in root.json()["error"]
         assert httpx.post(url + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}).status_code \
             == 200
+
+
+def test_chat_page_talks_to_a_model_without_chat_template(tmp_path, browser):
+    # a base model: the page sends the conversation as plain text to /v1/completions, stopping at the next turn
+    from tiny_model import make_tiny_model
+
+    model, tokenizer = make_tiny_model(tmp_path, initializer_range=0.5, chat_template=False)
+    prompt = "be brief\n\nUser: hello world\nAssistant:"
+    expected_ids = greedy({"model": model}, tokenizer(prompt)["input_ids"], 12)
+    expected = tokenizer.decode(expected_ids, skip_special_tokens=True).split("\nUser:")[0]
+    with serve(tmp_path, api_key="") as url:
+        page = browser.new_page()
+        page.goto(url + "/chat")
+        page.wait_for_function("document.getElementById('model-meta').textContent.includes('no chat template')")
+        page.fill("#system", "be brief")
+        page.fill("#temperature", "0")
+        page.fill("#max_tokens", "12")
+        page.fill("#input", "hello world")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+        text = page.locator(".msg.assistant").evaluate("e => [...e.childNodes].slice(0, -1).map(n => n.textContent)"
+                                                       ".join('')")
+        probabilities = page.eval_on_selector_all(".msg.assistant .tok", "els => els.map(e => Number(e.dataset.p))")
+        page.close()
+    assert text == expected and probabilities and all(0 < p <= 1 for p in probabilities)
