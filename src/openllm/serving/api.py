@@ -36,7 +36,8 @@ class APIError(Exception):
 
 
 OPENAI_TYPES = {"validation": "invalid_request_error", "overloaded": "rate_limit_error",
-                "unauthorized": "authentication_error", "generation": "server_error", "not_found": "not_found_error"}
+                "unauthorized": "authentication_error", "generation": "server_error", "internal": "server_error",
+                "not_found": "not_found_error"}
 # TGI's status codes and message prefixes by error type (router/src/server.rs, infer/mod.rs)
 TGI_STATUS = {"validation": 422, "overloaded": 429, "generation": 424, "incomplete_generation": 500}
 TGI_PREFIX = {"validation": "Input validation error: ", "generation": "Request failed during generation: "}

@@ -57,7 +57,7 @@ def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
-        return error_response(request.url.path, APIError(500, f"{type(error).__name__}: {error}", "generation"))
+        return error_response(request.url.path, APIError(500, f"{type(error).__name__}: {error}", "internal"))
 
     app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
 

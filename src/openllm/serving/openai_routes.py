@@ -118,7 +118,7 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
                     yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
                                "choices": [], "usage": usage(seq, count)}, "data: ")
             except APIError as e:
-                yield sse({"error": {"message": e.message, "type": OPENAI_TYPES[e.kind], "param": None,
+                yield sse({"error": {"message": e.message, "type": OPENAI_TYPES.get(e.kind, e.kind), "param": None,
                                      "code": e.status}}, "data: ")
             yield "data: [DONE]\n\n"
 
