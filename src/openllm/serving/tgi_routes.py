@@ -54,9 +54,15 @@ def add_tgi_routes(app: FastAPI, engine, config, metrics, check_length):
         params = sampling_params(body, prompt_ids)
         best_of = body.parameters.best_of or 1
         generations = [Generation(engine, prompt_ids, params, metrics)]
-        # best_of: independent samples (each with its own random seed); the best mean log-probability wins
-        generations += [Generation(engine, prompt_ids, SamplingParams(**{**vars(params), "seed": None}), metrics)
-                        for _ in range(best_of - 1)]
+        try:
+            # best_of: independent samples (each with its own random seed); the best mean log-probability wins
+            for _ in range(best_of - 1):
+                generations.append(Generation(engine, prompt_ids, SamplingParams(**{**vars(params), "seed": None}),
+                                              metrics))
+        except APIError:  # a full queue: none of them runs
+            for generation in generations:
+                generation.cancel()
+            raise
         results = await collect(request, generations)
         best = max(results, key=lambda r: r.mean_logprob)
         others = [r for r in results if r is not best] if best_of > 1 else None
