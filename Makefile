@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := src
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-compat quickstart test test-compat slow_test bench style quality clean
+.PHONY: install install-browser install-compat quickstart test test-compat slow_test bench style quality clean
 
 # torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -32,6 +32,13 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(call install_torch,$(VENV))
 	$(BIN)/pip install -e ".[dev]"
+	# TGI's legacy Python client, for the serving tests only: it pins huggingface_hub<1.0, so it lives outside the
+	# environment's resolution (--no-deps; its imports, requests/aiohttp/pydantic, are in the test extra)
+	$(BIN)/pip install --no-deps --upgrade --target $(VENV)/text-generation-client "text-generation==0.7.0"
+
+# the chat page's browser test drives Debian's chromium with Playwright (Playwright's own browser download is not used)
+install-browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 $(VENV_COMPAT)/bin/python:
 	$(PYTHON) -m venv $(VENV_COMPAT)

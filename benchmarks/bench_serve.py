@@ -5,6 +5,11 @@ and a byte-level BPE tokenizer trained here on Python's standard library sources
 `NEW_TOKENS` greedy tokens (the model has no EOS token, so none stops early), so every concurrency level does the
 same work per request. For reference, the same 16 prompts also go through one plain batched `model.generate` call,
 through the serving engine in-process (no HTTP), and through transformers' continuous batching (`generate_batch`).
+
+Then the per-token overhead of the server itself: with the `tiny` preset (2 layers, 64 wide) the model costs almost
+nothing, so what 16 concurrent clients gain over one shows how little the server spends per token beyond the model.
+Rounds of 1 and 16 clients alternate (medians over rounds), greedy and sampled, and the server's own CPU time per
+generated token is read from /proc, which a busy machine disturbs less than wall time.
 """
 
 import os
@@ -16,14 +21,18 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 64
 LEVELS = ((1, 6), (4, 3), (16, 3))  # (concurrent clients, requests each)
 THREADS = 1
+SCALING_ROUNDS = 5
+SCALING_LEVELS = ((1, 4), (16, 2))  # (concurrent clients, requests each) in every round
+SAMPLED = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
 
 
-def make_model(folder: Path):
+def make_model(folder: Path, preset: str = "small"):
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -39,7 +48,7 @@ def make_model(folder: Path):
                                         model_input_names=["input_ids", "attention_mask"])
     torch.manual_seed(0)
     # no eos_token_id in the model config: every request generates exactly NEW_TOKENS tokens
-    config = openllm.get_preset_config("small", vocab_size=len(tokenizer), eos_token_id=None)
+    config = openllm.get_preset_config(preset, vocab_size=len(tokenizer), eos_token_id=None)
     model = openllm.OpenLLMForCausalLM(config).eval()
     model.generation_config.eos_token_id = None
     model.save_pretrained(folder)
@@ -71,7 +80,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the server did not start")
 
 
-def load(url: str, clients: int, per_client: int) -> dict:
+def load(url: str, clients: int, per_client: int, sampling: Optional[dict] = None) -> dict:
     import httpx
 
     texts = prompts(clients * per_client)
@@ -82,7 +91,7 @@ def load(url: str, clients: int, per_client: int) -> dict:
         with httpx.Client(base_url=url, timeout=300) as http:
             for j in range(per_client):
                 body = {"inputs": texts[index * per_client + j],
-                        "parameters": {"max_new_tokens": NEW_TOKENS, "details": True}}
+                        "parameters": {"max_new_tokens": NEW_TOKENS, "details": True, **(sampling or {})}}
                 started = time.perf_counter()
                 response = http.post("/generate", json=body)
                 if response.status_code != 200:
@@ -99,6 +108,43 @@ def load(url: str, clients: int, per_client: int) -> dict:
     return {"clients": clients, "requests": clients * per_client, "errors": errors, "tokens": sum(tokens),
             "tokens_per_s": sum(tokens) / wall, "p50": statistics.median(latencies),
             "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def per_token_overhead(tmp: Path) -> dict:
+    """Rounds of 1 and 16 concurrent clients, alternating, against a server of the 2-layer, 64-wide `tiny` preset:
+    tokens/s and the server's CPU milliseconds per generated token, greedy and sampled (medians over rounds)."""
+    folder = tmp / "tiny"
+    make_model(folder, preset="tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = start_server(folder, port)
+    results = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        load(url, 2, 1)  # warm-up
+        for name, sampling in (("greedy", None), ("sampled", SAMPLED)):
+            rounds = {clients: [] for clients, _ in SCALING_LEVELS}
+            for _ in range(SCALING_ROUNDS):
+                for clients, per_client in SCALING_LEVELS:
+                    before = process_cpu_seconds(process.pid)
+                    r = load(url, clients, per_client, sampling)
+                    cpu_ms = (process_cpu_seconds(process.pid) - before) * 1000 / max(r["tokens"], 1)
+                    rounds[clients].append((r["tokens_per_s"], cpu_ms, r["errors"]))
+            results[name] = {clients: {"tokens_per_s": statistics.median(t for t, _, _ in values),
+                                       "cpu_ms_per_token": statistics.median(c for _, c, _ in values),
+                                       "errors": sum(e for _, _, e in values)}
+                             for clients, values in rounds.items()}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return results
 
 
 def batched_generate(model, tokenizer, n: int) -> float:
@@ -175,6 +221,8 @@ def main(write_readme: bool = False):
         continuous = transformers_continuous_batching(model, tokenizer, 16)
         torch.set_num_threads(threads)
         n_params = sum(p.numel() for p in model.parameters())
+        overhead = per_token_overhead(Path(tmp))
+        load_average = os.getloadavg()[0]
 
     base = results[0]["tokens_per_s"]
     rows = ["| concurrent clients | requests | errors | tokens/s | speed-up | p50 latency (s) | p95 latency (s) |",
@@ -193,6 +241,21 @@ def main(write_readme: bool = False):
         f"batch {reference:.0f} tokens/s; the serving engine {in_process:.0f} tokens/s"
         + (f"; transformers' continuous batching (`generate_batch`) {continuous:.0f} tokens/s." if continuous
            else "."),
+        "",
+        f"Per-token overhead of the server: the `tiny` preset (2 layers, 64 wide, vocabulary {len(tokenizer)}), "
+        f"{NEW_TOKENS} tokens per request, rounds of 1 client ({SCALING_LEVELS[0][1]} requests) and 16 clients "
+        f"({SCALING_LEVELS[1][1]} requests each) alternating, medians of {SCALING_ROUNDS} rounds; sampled requests "
+        f"use temperature 0.8 and top-p 0.95. Server CPU time per token is the server process's user + system time "
+        f"over the tokens it generated (1-minute load average at the end: {load_average:.1f} on "
+        f"{os.cpu_count()} cores).",
+        "",
+        "| requests | 1 client tokens/s | 16 clients tokens/s | 16 / 1 | server CPU ms/token, 1 client | "
+        "16 clients | 1 / 16 |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {name} | {r[1]['tokens_per_s']:.0f} | {r[16]['tokens_per_s']:.0f} | "
+          f"{r[16]['tokens_per_s'] / r[1]['tokens_per_s']:.1f}x | {r[1]['cpu_ms_per_token']:.2f} | "
+          f"{r[16]['cpu_ms_per_token']:.2f} | {r[1]['cpu_ms_per_token'] / r[16]['cpu_ms_per_token']:.1f}x |"
+          for name, r in overhead.items()],
     ])
     print(markdown)
     if write_readme:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_model import make_tiny_model
 
-from openllm.serving.engine import Engine, SamplingParams, Sequence
+from openllm.serving.engine import Engine, SamplingParams, Sequence, sample
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,36 @@ def test_sampling_respects_top_k(tiny):
         top2 = model(torch.tensor([ids])).logits[0, -1].topk(2).indices.tolist()
     assert {seq.generated[0] for seq in top_k} <= set(top2)
     assert len({seq.generated[0] for seq in free}) > 2  # without top-k the same seeds reach other tokens
+
+
+def reference_distribution(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Softmax at the temperature, then top-k, then top-p, the way `generate`'s warpers do it, by sorting."""
+    probs = (logits / p.temperature).softmax(-1)
+    ranked, order = probs.sort(descending=True)
+    keep = torch.ones_like(ranked, dtype=torch.bool)
+    if p.top_k:
+        keep[p.top_k:] = False
+        ranked = ranked * keep / (ranked * keep).sum()
+    keep &= (ranked.cumsum(-1) - ranked) < p.top_p
+    out = torch.zeros_like(probs)
+    out[order[keep]] = ranked[keep] / ranked[keep].sum()
+    return out
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("full", dict(temperature=0.7)),
+    ("top_p", dict(temperature=1.3, top_p=0.8)),
+    ("top_k", dict(top_k=5, top_p=0.9)),
+    ("top_k", dict(top_k=12, temperature=0.5)),
+])
+def test_batched_sampling_draws_from_each_rows_truncated_distribution(kind, params):
+    torch.manual_seed(0)
+    rows, draws = 3, 4000
+    logits = torch.randn(rows, 50) * 2
+    p = SamplingParams(do_sample=True, **params)
+    # evenly spaced uniform numbers: the share of each token among the draws is its probability, to 1/draws
+    grid = ((torch.arange(draws) + 0.5) / draws).tolist()
+    for row in range(rows):
+        tokens = sample(logits[row].expand(draws, -1), [p] * draws, grid, kind)
+        shares = torch.bincount(tokens, minlength=50).float() / draws
+        assert shares.tolist() == pytest.approx(reference_distribution(logits[row], p).tolist(), abs=1.5 / draws)

@@ -1,165 +1,26 @@
-"""`openllm serve` as users run it: a real server process on 127.0.0.1, driven by huggingface_hub's
-InferenceClient, the openai client and raw HTTP."""
+"""`openllm serve` as users run it: a real server process on 127.0.0.1, driven by the openai client,
+huggingface_hub's InferenceClient and raw HTTP: OpenAI routes, batching, limits, errors, authentication, metrics.
+The TGI routes are tested field by field in test_tgi_wire.py."""
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
-from tiny_model import make_tiny_model
-
-API_KEY = "test-key"
-CONTEXT = 256  # the tiny preset's max_position_embeddings
-SRC = Path(__file__).resolve().parents[2] / "src"
+from server_process import API_KEY, greedy, http, metric, model_logprobs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-serve")
-    model, tokenizer = make_tiny_model(folder)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OPENLLM_API_KEY": API_KEY}
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "openllm", "serve", str(folder), "--port", str(port), "--max-batch-size", "8",
-         "--max-queue-size", "4", "--max-body-bytes", "8192", "--served-model-name", "tiny", "--num-threads", "1",
-         "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start:\n{(folder / 'server.log').read_text()}")
-        time.sleep(0.25)
-    yield {"url": url, "model": model, "tokenizer": tokenizer}
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
-
-
-@pytest.fixture(autouse=True)
-def _local_server_is_not_the_hub(monkeypatch):
-    # the suite runs with HF_HUB_OFFLINE=1, which makes InferenceClient refuse every URL, loopback included
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-
-
-def http(server, timeout=60) -> httpx.Client:
-    return httpx.Client(base_url=server["url"], headers={"Authorization": f"Bearer {API_KEY}"}, timeout=timeout)
-
-
-def greedy(server, prompt_ids: list[int], n: int) -> list[int]:
-    """The reference: `model.generate` on the same weights, in this process."""
-    out = server["model"].generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False)
-    return out[0, len(prompt_ids):].tolist()
-
-
-def model_logprobs(server, prompt_ids: list[int], generated: list[int]) -> list[float]:
-    ids = torch.tensor([prompt_ids + generated])
-    with torch.no_grad():
-        logprobs = server["model"](ids).logits[0].float().log_softmax(-1)
-    return [float(logprobs[len(prompt_ids) + i - 1, t]) for i, t in enumerate(generated)]
-
-
-def metric(server, name: str, **labels) -> float:
-    text = http(server).get("/metrics").text
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-# ---------------------------------------------------------------------------------------------------- TGI
-def test_tgi_generate_details_match_the_model(server):
-    tokenizer = server["tokenizer"]
-    client = InferenceClient(model=server["url"], token=API_KEY)
-    prompt = "hello world"
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    out = client.text_generation(prompt, max_new_tokens=12, details=True, decoder_input_details=True)
-    expected = greedy(server, prompt_ids, 12)
-    ids = [t.id for t in out.details.tokens]
-    assert ids == expected
-    assert out.generated_text == tokenizer.decode(expected, skip_special_tokens=True)
-    assert out.details.finish_reason == ("eos_token" if expected[-1] == tokenizer.eos_token_id else "length")
-    assert out.details.generated_tokens == len(expected) and out.details.seed is None
-    reference = model_logprobs(server, prompt_ids, expected)
-    for token, ref in zip(out.details.tokens, reference):
-        assert token.logprob == pytest.approx(ref, abs=1e-4)
-        assert token.confidence == pytest.approx(math.exp(token.logprob), rel=1e-6)
-    assert [t.id for t in out.details.prefill] == prompt_ids
-    assert out.details.prefill[0].logprob is None
-    assert out.details.prefill[1].logprob == pytest.approx(model_logprobs(server, prompt_ids[:1], prompt_ids[1:2])[0],
-                                                           abs=1e-4)
-
-
-def test_tgi_stream_equals_non_stream(server):
-    client = InferenceClient(model=server["url"], token=API_KEY)
-    prompt = "the quick brown fox"
-    full = client.text_generation(prompt, max_new_tokens=10, details=True)
-    events = list(client.text_generation(prompt, max_new_tokens=10, details=True, stream=True))
-    assert [e.token.id for e in events] == [t.id for t in full.details.tokens]
-    assert [e.index for e in events] == list(range(1, len(events) + 1))
-    assert all(e.generated_text is None for e in events[:-1]) and events[-1].generated_text == full.generated_text
-    assert events[-1].details.finish_reason == full.details.finish_reason
-    assert events[-1].details.input_length == len(server["tokenizer"](prompt)["input_ids"])
-    assert "".join(e.token.text for e in events if not e.token.special) == full.generated_text
-    # without details the client yields the text of each token
-    assert "".join(client.text_generation(prompt, max_new_tokens=10, stream=True)) == full.generated_text
-
-
-def test_tgi_stop_sequence_seed_and_top_tokens(server):
-    client = InferenceClient(model=server["url"], token=API_KEY)
-    prompt = "a language model"
-    text = client.text_generation(prompt, max_new_tokens=20)
-    stop = text[6:9]  # three characters from inside the greedy continuation
-    out = client.text_generation(prompt, max_new_tokens=20, stop=[stop], details=True)
-    assert out.details.finish_reason == "stop_sequence"
-    assert out.generated_text.endswith(stop) or stop in out.generated_text[-len(stop) - 8:]
-    assert text.startswith(out.generated_text) and len(out.generated_text) < len(text)
-
-    sampled = [client.text_generation(prompt, max_new_tokens=16, do_sample=True, temperature=1.2, seed=s,
-                                      details=True) for s in (11, 11, 12)]
-    assert sampled[0].generated_text == sampled[1].generated_text != sampled[2].generated_text
-    assert sampled[0].details.seed == 11
-
-    top = client.text_generation(prompt, max_new_tokens=3, details=True, top_n_tokens=3)
-    for token, alternatives in zip(top.details.tokens, top.details.top_tokens):
-        logprobs = [a["logprob"] for a in alternatives]  # the client leaves these nested lists as dicts
-        assert len(alternatives) == 3 and alternatives[0]["id"] == token.id  # greedy picks the top token
-        assert logprobs == sorted(logprobs, reverse=True)
-
-
-def test_info_model_info_and_models(server):
+def test_model_info_and_models(server):
     client = http(server)
-    info = client.get("/info").json()
-    assert info["model_id"] == "tiny" and info["max_total_tokens"] == CONTEXT and info["max_batch_size"] == 8
     model_info = client.get("/model-info").json()
     n_params = sum(p.numel() for p in server["model"].parameters())
     assert model_info == {**model_info, "model_id": "tiny", "model_type": "openllm", "num_parameters": n_params,
-                          "context_length": CONTEXT, "dtype": "float32", "device": "cpu"}
+                          "context_length": 256, "dtype": "float32", "device": "cpu", "chat_template": True}
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny"]
 
 

@@ -14,7 +14,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def make_tiny_model(folder, initializer_range: float = 0.2):
+def make_tiny_model(folder, initializer_range: float = 0.2, chat_template: bool = True):
     tokenizer = Tokenizer(models.BPE())
     # no initial byte alphabet: every token decodes to whole ASCII characters, whatever order they come in
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -22,7 +22,7 @@ def make_tiny_model(folder, initializer_range: float = 0.2):
     tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
                                         pad_token="<|endoftext|>", model_input_names=["input_ids", "attention_mask"])
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = CHAT_TEMPLATE if chat_template else None
     torch.manual_seed(0)
     # a wider init than training uses, so the random model's greedy continuations vary instead of repeating
     config = openllm.get_preset_config("tiny", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,

@@ -38,6 +38,7 @@ def add_arguments(parser):
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a "
                              "busy machine)")
+    parser.add_argument("--no-ui", action="store_true", help="do not serve the chat page (/chat, and / for browsers)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -79,15 +80,16 @@ def context_length(model, tokenizer) -> int:
 
 
 def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
-              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None):
-    from .app import ServerConfig, create_app
+              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None, ui=True):
+    from .api import ServerConfig
+    from .app import create_app
     from .engine import Engine
     from .metrics import ServerMetrics
 
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
                     context_length=context_length(model, tokenizer), metrics=ServerMetrics())
     config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
-                          default_max_new_tokens=max_new_tokens, model_info=info)
+                          default_max_new_tokens=max_new_tokens, model_info=info, ui=ui)
     return create_app(engine, config)
 
 
@@ -119,5 +121,6 @@ def run(args):
              f"{info['num_parameters']:,}", info["dtype"], info["device"])
     app = build_app(model, tokenizer, args.served_model_name or args.model, info,
                     max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
-                    max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=args.api_key)
+                    max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=args.api_key,
+                    ui=not args.no_ui)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

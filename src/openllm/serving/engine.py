@@ -2,8 +2,9 @@
 
 A worker thread owns the model. Each iteration it admits waiting requests (prefilled together as one left-padded
 batch whose cache is then merged into the running batch), runs one decode step for every running request, and
-chooses each row's next token with that request's own sampling parameters and random generator. Finished or
-cancelled rows leave the batch at once, so a request never waits for the longest one in its batch.
+chooses each row's next token with that request's own sampling parameters and random generator, batched over the
+rows so that a step's Python work barely grows with the batch. Finished or cancelled rows leave the batch at once, so
+a request never waits for the longest one in its batch.
 
 Why not transformers' own continuous batching: for small models on CPU it measured 5-10x slower than batched
 `generate`; this loop keeps `generate`'s batched matmuls and adds iteration-level scheduling on top.
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -70,12 +72,15 @@ class QueueFullError(RuntimeError):
 class Sequence:
     """One request's state inside the engine."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, on_output: Callable[[StepOutput], None]):
+    def __init__(self, prompt_ids: list[int], params: SamplingParams,
+                 on_output: Optional[Callable[[StepOutput], None]] = None, owner=None):
         self.prompt_ids = list(prompt_ids)
         self.params = params
+        # called from the worker thread with each output; without it, outputs go to the engine's `on_step`
         self.on_output = on_output
+        self.owner = owner  # whoever `on_step` hands this sequence's outputs to
         self.seed = params.seed if params.seed is not None else random.getrandbits(63)
-        self.generator: Optional[torch.Generator] = None
+        self.rng = random.Random(self.seed)  # one uniform number per sampled token
         self.generated: list[int] = []
         self.tokens: list[Token] = []
         self.prefill: list[Token] = []
@@ -84,6 +89,7 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.cancelled = False  # set from the event loop; read by the worker
         self.submitted_at = time.perf_counter()
+        self.admitted_at: Optional[float] = None  # when it joined the running batch
         self._prefix_offset = self._read_offset = 0
 
     @property
@@ -93,14 +99,17 @@ class Sequence:
     def cancel(self):
         self.cancelled = True
 
-    def decode_next(self, tokenizer) -> str:
-        """Text that the newest token completes. Decoding a window of recent ids (not single ids) keeps multi-token
-        characters and tokenizers that merge spaces correct; an incomplete character is held back."""
+    def decode_windows(self) -> tuple[list[int], list[int]]:
+        """The ids to decode for the newest token's text: the text of a window of recent ids, minus the text of that
+        window without the ids not yet shown. Decoding windows (not single ids) keeps multi-token characters and
+        tokenizers that merge spaces correct."""
         ids = self.generated
-        prefix = tokenizer.decode(ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
-        full = tokenizer.decode(ids[self._prefix_offset:], skip_special_tokens=True)
+        return ids[self._prefix_offset:self._read_offset], ids[self._prefix_offset:]
+
+    def next_text(self, prefix: str, full: str) -> str:
+        """Text that the newest token completes, from the two decoded windows; an incomplete character waits."""
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self._prefix_offset, self._read_offset = self._read_offset, len(ids)
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.generated)
             return full[len(prefix):]
         return ""
 
@@ -125,8 +134,18 @@ class Engine:
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        self.special_ids = set(tokenizer.all_special_ids)
+        # special: the tokenizer's named special tokens and every added token flagged special (chat markers...)
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special_ids = set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", 0)}
 
+        # one call per decode step with every (sequence, output) pair whose sequence has no `on_output`
+        self.on_step: Optional[Callable[[list[tuple[Sequence, StepOutput]]], None]] = None
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # the Rust tokenizer's own decode, without transformers' per-call wrapping (10x the cost for one token), unless
+        # transformers post-processes the text; one call per window beats `decode_batch`, whose thread pool costs
+        # more than it saves on a few ids
+        self._decode_one = backend.decode if backend is not None and not getattr(
+            tokenizer, "clean_up_tokenization_spaces", False) else None
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.cache = None  # DynamicCache of the running batch, left-padded to a common length
@@ -188,10 +207,12 @@ class Engine:
                     self._step(new)
             except Exception as e:  # a failing batch must not take the server down
                 logger.exception("generation failed")
+                failed = []
                 for seq in self.running + [s for s in new if s not in self.running]:
                     if seq.finish_reason is None:
                         seq.finish_reason = "error"
-                        seq.on_output(StepOutput(None, "", "error", error=f"{type(e).__name__}: {e}"))
+                        failed.append((seq, StepOutput(None, "", "error", error=f"{type(e).__name__}: {e}")))
+                self._emit(failed)
                 self.running, self.cache, self.mask = [], None, None
             self._set_gauges()
 
@@ -233,9 +254,9 @@ class Engine:
                          past_key_values=cache, use_cache=True, logits_to_keep=0 if want_prefill else 1)
         if want_prefill:
             self._prefill_tokens(new, out.logits, length)
+        now = time.perf_counter()
         for seq in new:
-            if seq.sampling:
-                seq.generator = torch.Generator(device=self.device).manual_seed(seq.seed)
+            seq.admitted_at = now
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
         self._merge(new, out.past_key_values, mask)
@@ -291,24 +312,39 @@ class Engine:
         if self.metrics is not None:
             self.metrics.finished.labels(reason=reason).inc()
         if reason == "cancelled":
-            seq.on_output(StepOutput(None, "", "cancelled"))
+            self._emit([(seq, StepOutput(None, "", "cancelled"))])
+
+    def _emit(self, pairs: list[tuple[Sequence, StepOutput]]):
+        batched = []
+        for seq, output in pairs:
+            if seq.on_output is not None:
+                seq.on_output(output)
+            else:
+                batched.append((seq, output))
+        if batched and self.on_step is not None:
+            self.on_step(batched)
+
+    def _decode(self, windows: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        decode = self._decode_one or self.tokenizer.decode
+        return [decode(w, skip_special_tokens=skip_special_tokens) for w in windows]
 
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor):
-        """Choose each row's next token, report it, and retire the rows that are done."""
+        """Choose each row's next token, report it, and retire the rows that are done. Tensor work is batched over
+        the rows and read back once; what stays per row is plain Python on lists."""
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         chosen = choose_tokens(seqs, logits)
-        done = []
+        chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        chosen = chosen.tolist()
+        top = self._top_tokens(seqs, logprobs)
+        for seq, token_id in zip(seqs, chosen):
+            seq.generated.append(token_id)
+        windows = self._decode([w for seq in seqs for w in seq.decode_windows()])
+        done, outputs = [], []
         now = time.perf_counter()
         for row, (seq, token_id) in enumerate(zip(seqs, chosen)):
-            seq.generated.append(token_id)
-            top = []
-            if seq.params.top_n:
-                values, indices = logprobs[row].topk(seq.params.top_n)
-                top = [Token(int(i), self.tokenizer.decode([int(i)]), float(v), int(i) in self.special_ids)
-                       for v, i in zip(values.tolist(), indices.tolist())]
             special = token_id in self.special_ids
-            text = seq.decode_next(self.tokenizer)
+            text = seq.next_text(windows[2 * row], windows[2 * row + 1])
             reason = None
             if token_id in self.eos_ids:
                 reason = "eos_token"
@@ -326,14 +362,15 @@ class Engine:
                 if hits:
                     seq.stop_index, reason = offset + min(hits), "stop_sequence"
             shown = self.tokenizer.decode([token_id]) if special else text
-            token = Token(token_id, shown, float(logprobs[row, token_id]), special, top)
+            token = Token(token_id, shown, chosen_logprobs[row], special, top[row])
             seq.tokens.append(token)
             if reason is not None:
                 done.append(row)
                 seq.finish_reason = reason
                 if self.metrics is not None:
                     self.metrics.finished.labels(reason=reason).inc()
-            seq.on_output(StepOutput(token, text, reason, stop_index=seq.stop_index))
+            outputs.append((seq, StepOutput(token, text, reason, stop_index=seq.stop_index)))
+        self._emit(outputs)
         self._recent.append((now, len(seqs)))
         while self._recent and now - self._recent[0][0] > 60:
             self._recent.popleft()
@@ -341,13 +378,32 @@ class Engine:
             self.metrics.generated_tokens.inc(len(seqs))
         self._drop([self.running.index(seqs[r]) for r in done])
 
+    def _top_tokens(self, seqs: list[Sequence], logprobs: torch.Tensor) -> list[list[Token]]:
+        """The most likely alternatives of the rows that asked for them (one top-k for all of them)."""
+        rows = [i for i, s in enumerate(seqs) if s.params.top_n]
+        top: list[list[Token]] = [[] for _ in seqs]
+        if not rows:
+            return top
+        n = max(seqs[i].params.top_n for i in rows)
+        values, indices = logprobs[rows].topk(n, dim=-1)
+        for i, vs, ids in zip(rows, values.tolist(), indices.tolist()):
+            k = seqs[i].params.top_n
+            texts = self._decode([[t] for t in ids[:k]], skip_special_tokens=False)
+            top[i] = [Token(t, text, v, t in self.special_ids) for t, text, v in zip(ids[:k], texts, vs[:k])]
+        return top
 
-def choose_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-    """Next token of every row: greedy rows take the argmax, sampling rows draw from their own generator after
-    their own penalties, temperature, top-k and top-p, so a seeded request gives the same text in any batch."""
-    scores = logits.clone()
-    for row, seq in enumerate(seqs):
-        p = seq.params
+
+def choose_tokens(seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+    """Next token of every row: greedy rows take the argmax, sampling rows draw after their own penalties,
+    temperature, top-k and top-p, with a number from their own random generator, so a seeded request gives the same
+    text in any batch."""
+    scores = logits
+    penalized = [row for row, s in enumerate(seqs) if s.params.repetition_penalty != 1.0 or (
+        (s.params.frequency_penalty or s.params.presence_penalty) and s.generated)]
+    if penalized:
+        scores = logits.clone()
+    for row in penalized:
+        seq, p = seqs[row], seqs[row].params
         if p.repetition_penalty != 1.0:
             seen = torch.tensor(sorted(set(seq.prompt_ids + seq.generated)), device=scores.device)
             values = scores[row, seen]
@@ -355,25 +411,53 @@ def choose_tokens(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         if (p.frequency_penalty or p.presence_penalty) and seq.generated:
             ids, counts = torch.tensor(seq.generated, device=scores.device).unique(return_counts=True)
             scores[row, ids] -= p.frequency_penalty * counts.to(scores.dtype) + p.presence_penalty
-    chosen = scores.argmax(dim=-1).tolist()
+    chosen = scores.argmax(dim=-1)
+    # rows that truncate the same way are sampled together: top-k rows from one top-k, top-p rows from one sort,
+    # the others from the unsorted distribution
+    groups: dict[str, list[int]] = {}
     for row, seq in enumerate(seqs):
         if seq.sampling:
-            chosen[row] = sample(scores[row], seq.params, seq.generator)
+            p = seq.params
+            kind = "top_k" if 0 < p.top_k < scores.shape[-1] else "top_p" if p.top_p < 1.0 else "full"
+            groups.setdefault(kind, []).append(row)
+    for kind, rows in groups.items():
+        params = [seqs[r].params for r in rows]
+        uniforms = [seqs[r].rng.random() for r in rows]
+        index = torch.tensor(rows, device=scores.device)
+        chosen[index] = sample(scores[index], params, uniforms, kind)
     return chosen
 
 
-def sample(scores: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
-    scores = scores / p.temperature
-    if p.top_k and p.top_k < scores.numel():
-        kth = scores.topk(p.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_scores, order = scores.sort(descending=True)
-        cumulative = sorted_scores.softmax(-1).cumsum(-1)
-        # drop a token once the tokens before it already hold top_p of the mass (the top token always stays)
-        remove = (cumulative - sorted_scores.softmax(-1)) >= p.top_p
-        scores = scores.scatter(0, order, sorted_scores.masked_fill(remove, float("-inf")))
-    return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+def sample(scores: torch.Tensor, params: list[SamplingParams], uniforms: list[float], kind: str) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling: each row with its own temperature, top-k and top-p (softmax,
+    then the top-k tokens, then the smallest set holding top_p of the mass) and its own uniform number."""
+    device = scores.device
+    order = None
+    if kind == "top_k":
+        top_k = torch.tensor([p.top_k for p in params], device=device)
+        scores, order = scores.topk(int(top_k.max()), dim=-1)  # sorted, highest first
+        scores = scores.masked_fill(torch.arange(scores.shape[-1], device=device) >= top_k[:, None], float("-inf"))
+    temperature = torch.tensor([p.temperature for p in params], device=device)
+    probs = (scores / temperature[:, None]).softmax(dim=-1)
+    top_p = torch.tensor([p.top_p if p.top_p < 1.0 else 2.0 for p in params], device=device)[:, None]
+    if kind == "top_k":  # sorted: drop a token once the tokens before it already hold top_p of the mass
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)
+    elif kind == "top_p":  # the same set found without sorting the vocabulary (slow on CPU)
+        probs = probs.masked_fill(probs < nucleus_threshold(probs, top_p), 0.0)
+    cumulative = probs.cumsum(dim=-1)
+    u = torch.tensor(uniforms, device=device, dtype=cumulative.dtype)[:, None] * cumulative[:, -1:]
+    pick = (cumulative <= u).sum(dim=-1).clamp(max=probs.shape[-1] - 1)
+    return pick if order is None else order.gather(1, pick[:, None])[:, 0]
+
+
+def nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest probability among the most likely tokens that together first hold top_p of the mass
+    (tokens at least this likely form the nucleus). Sorted with numpy: on CPU, sorting values alone there is several
+    times faster than `torch.sort`, which also returns indices that are not needed here."""
+    ranked = torch.from_numpy(np.sort(probs.cpu().numpy(), axis=-1)[:, ::-1].copy()).to(probs.device)
+    before = ranked.cumsum(dim=-1) - ranked  # the mass of the tokens more likely than each one
+    count = (before < top_p).sum(dim=-1, keepdim=True).clamp(min=1)
+    return ranked.gather(1, count - 1)
 
 
 def _new_cache(model):

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N = 20
+MAX_BEST_OF = 2  # TGI's default --max-best-of
 
 
 class _Strict(BaseModel):
@@ -23,36 +24,95 @@ def _unsupported(model: BaseModel, **neutral):
 
 # ---------------------------------------------------------------------------------------------------- TGI
 class TGIParameters(_Strict):
-    max_new_tokens: Optional[int] = Field(None, ge=1)
-    do_sample: bool = False
+    """TGI's `GenerateParameters`: the same names, defaults and bounds (e.g. `top_p` strictly below 1)."""
+
+    best_of: Optional[int] = Field(None, ge=1, le=MAX_BEST_OF)
     temperature: Optional[float] = Field(None, gt=0, le=100)
-    top_k: Optional[int] = Field(None, gt=0)
-    top_p: Optional[float] = Field(None, gt=0, lt=1)
     repetition_penalty: Optional[float] = Field(None, gt=0, le=10)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    top_k: Optional[int] = Field(None, gt=0)
+    top_p: Optional[float] = Field(None, gt=0, lt=1)
+    typical_p: Optional[float] = None
+    do_sample: bool = False
+    max_new_tokens: Optional[int] = Field(None, ge=1)
+    return_full_text: Optional[bool] = None
     stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
-    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+    truncate: Optional[int] = Field(None, ge=1)
+    watermark: bool = False
     details: bool = False
     decoder_input_details: bool = False
-    return_full_text: bool = False
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
     top_n_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOP_N)
-    truncate: Optional[int] = Field(None, ge=1)
-    best_of: Optional[int] = None
-    typical_p: Optional[float] = None
-    watermark: bool = False
     grammar: Optional[dict] = None
     adapter_id: Optional[str] = None
 
     @model_validator(mode="after")
     def _check(self):
-        _unsupported(self, best_of=1, typical_p=1.0, watermark=False, grammar={}, adapter_id="")
+        _unsupported(self, typical_p=1.0, watermark=False, grammar={}, adapter_id="")
+        if (self.best_of or 1) > 1:
+            if not self.sampling:
+                raise ValueError("you must use sampling when `best_of` is > 1")
+            if self.seed is not None:
+                raise ValueError("`seed` must not be set when `best_of` > 1")
         return self
+
+    @property
+    def sampling(self) -> bool:
+        # as in TGI, asking for any sampling setting turns sampling on
+        return self.do_sample or any(v not in (None, 1.0) for v in (self.temperature, self.top_p)) or bool(self.top_k)
 
 
 class TGIRequest(_Strict):
     inputs: str = Field(min_length=1)
-    parameters: TGIParameters = Field(default_factory=TGIParameters)
+    # TGI samples when the body has no `parameters` at all (but not for `"parameters": {}`)
+    parameters: TGIParameters = Field(default_factory=lambda: TGIParameters(do_sample=True))
     stream: bool = False
+
+
+class SeedRequest(_Strict):
+    """The body documented by the OpenLLM seed for `POST /generate`; answered like TGI's `/generate`."""
+
+    prompt: str = Field(min_length=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=100)  # 0 is greedy
+    top_k: int = Field(0, ge=0)  # 0 keeps every token
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = Field(None, ge=0, lt=2**63)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.stop_list) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"`stop` takes at most {MAX_STOP_SEQUENCES} sequences, got {len(self.stop_list)}")
+        return self
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+TGI_FIELDS = set(TGIRequest.model_fields)
+SEED_FIELDS = set(SeedRequest.model_fields)
+TGI_SHAPE = '{"inputs": "...", "parameters": {"max_new_tokens": ..., ...}}'
+SEED_SHAPE = '{"prompt": "...", "max_tokens": ..., "temperature": ..., "top_k": ..., "top_p": ...}'
+
+
+def generate_body_schema(data) -> type[BaseModel]:
+    """Which of the two bodies `POST /generate` accepts this one is: TGI's, or the seed's. A body with keys of both,
+    or with keys of neither, is refused with both shapes spelled out."""
+    keys = set(data) if isinstance(data, dict) else set()
+    tgi, seed = keys & (TGI_FIELDS - {"stream"}), keys & (SEED_FIELDS - {"stop", "seed"})
+    if "inputs" in keys and not seed:
+        return TGIRequest
+    if "prompt" in keys and not (keys & TGI_FIELDS):
+        return SeedRequest
+    if tgi and seed:
+        raise ValueError(f"the body mixes TGI fields ({', '.join(sorted(tgi))}) with seed-API fields "
+                         f"({', '.join(sorted(seed))}); send either TGI's shape {TGI_SHAPE} or the seed's shape "
+                         f"{SEED_SHAPE}")
+    raise ValueError(f"expected TGI's shape {TGI_SHAPE} or the seed's shape {SEED_SHAPE}; got fields "
+                     f"{sorted(keys) if keys else 'none'}")
 
 
 # ---------------------------------------------------------------------------------------------------- OpenAI

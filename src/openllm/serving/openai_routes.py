@@ -1,0 +1,158 @@
+"""OpenAI's routes: `/v1/completions`, `/v1/chat/completions` (formatted with the tokenizer's chat template) and
+`/v1/models`, streamed or not, with `logprobs`."""
+
+import time
+import uuid
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .api import OPENAI_TYPES, APIError, ClientDisconnected, Generation, collect, read_json
+from .engine import SamplingParams, Sequence, StepOutput
+from .protocol import OPENAI_FINISH, chat_logprobs, completion_logprobs, sse
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+
+class StopHoldback:
+    """Streams text for OpenAI routes, which cut the text at a stop sequence: text that could be the start of a
+    stop sequence is held back until the following tokens show whether it is one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0
+
+    def push(self, output: StepOutput) -> str:
+        self.text += output.text
+        if output.stop_index is not None:
+            limit = output.stop_index
+        elif output.finish_reason is not None:
+            limit = len(self.text)
+        else:
+            hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+            limit = len(self.text) - hold
+        delta = self.text[self.sent:max(limit, self.sent)]
+        self.sent = max(limit, self.sent)
+        return delta
+
+
+def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
+    tokenizer = engine.tokenizer
+
+    def openai_params(body, max_tokens: Optional[int], prompt_ids, top_n: int) -> SamplingParams:
+        max_new = check_length(prompt_ids, max_tokens, "prompt" if isinstance(body, CompletionRequest)
+                               else "messages", "max_tokens", 400)
+        temperature = 1.0 if body.temperature is None else body.temperature
+        return SamplingParams(
+            max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or 1.0,
+            top_k=body.top_k or 0, top_p=body.top_p or 1.0, repetition_penalty=body.repetition_penalty or 1.0,
+            frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
+            seed=body.seed, stop=body.stop_list, top_n=top_n)
+
+    def usage(seq: Sequence, completion_tokens: int) -> dict:
+        prompt = len(seq.prompt_ids)
+        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens}
+
+    def completion_chunk(kind: str, rid: str, created: int, choice: dict, usage_: Optional[dict] = None) -> dict:
+        return {"id": rid, "object": kind, "created": created, "model": config.model_name, "choices": [choice],
+                **({"usage": usage_} if usage_ is not None else {})}
+
+    async def openai_run(request: Request, body, generation: Generation, chat: bool, prefix: str = ""):
+        seq = generation.seq
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+        want_logprobs = body.logprobs if chat else body.logprobs is not None
+        if not body.stream:
+            try:
+                (done,) = await collect(request, [generation])
+            except ClientDisconnected:
+                return Response(status_code=499)
+            outputs = done.outputs
+            holdback = StopHoldback(body.stop_list)
+            text = prefix + "".join(holdback.push(o) for o in outputs)
+            tokens = [o.token for o in outputs]
+            logprobs = None
+            if want_logprobs:
+                logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, len(prefix))
+            choice = {"index": 0, "logprobs": logprobs, "finish_reason": OPENAI_FINISH[outputs[-1].finish_reason]}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            return JSONResponse(completion_chunk(kind, rid, created, choice, usage(seq, len(outputs))))
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        kind += ".chunk" if chat else ""
+
+        async def events():
+            holdback = StopHoldback(body.stop_list)
+            count = 0
+            try:
+                if chat:
+                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}
+                    yield sse(completion_chunk(kind, rid, created, first), "data: ")
+                elif prefix:
+                    yield sse(completion_chunk(kind, rid, created, {"index": 0, "text": prefix, "logprobs": None,
+                                                                    "finish_reason": None}), "data: ")
+                async for output in generation:
+                    count += 1
+                    delta = holdback.push(output)
+                    finish = OPENAI_FINISH.get(output.finish_reason) if output.finish_reason else None
+                    if not (delta or want_logprobs or finish):
+                        continue
+                    logprobs = None
+                    if want_logprobs:
+                        logprobs = (chat_logprobs([output.token]) if chat else
+                                    completion_logprobs([output.token], len(prefix) + holdback.sent - len(delta)))
+                    choice = {"index": 0, "logprobs": logprobs, "finish_reason": finish}
+                    if chat:
+                        choice["delta"] = {"content": delta} if delta else {}
+                    else:
+                        choice["text"] = delta
+                    yield sse(completion_chunk(kind, rid, created, choice), "data: ")
+                if include_usage:
+                    yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
+                               "choices": [], "usage": usage(seq, count)}, "data: ")
+            except APIError as e:
+                yield sse({"error": {"message": e.message, "type": OPENAI_TYPES.get(e.kind, e.kind), "param": None,
+                                     "code": e.status}}, "data: ")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        """OpenAI: complete a prompt."""
+        body = await read_json(request, CompletionRequest, config.max_body_bytes)
+        prompt_ids = tokenizer(body.prompt_text)["input_ids"]
+        params = openai_params(body, body.max_tokens, prompt_ids, top_n=body.logprobs or 0)
+        generation = Generation(engine, prompt_ids, params, metrics)
+        return await openai_run(request, body, generation, chat=False, prefix=body.prompt_text if body.echo else "")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        """OpenAI: answer a conversation, formatted with the tokenizer's chat template."""
+        body = await read_json(request, ChatCompletionRequest, config.max_body_bytes)
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "This model's tokenizer has no chat template, so it cannot format `messages`. Use "
+                                "/v1/completions, or add a `chat_template` to the tokenizer.", param="messages")
+        try:
+            prompt = tokenizer.apply_chat_template([m.as_template_message() for m in body.messages],
+                                                   add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # templates raise on conversations they do not accept (e.g. role order)
+            raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages") from None
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = openai_params(body, max_tokens, prompt_ids, top_n=(body.top_logprobs or 0) if body.logprobs else 0)
+        generation = Generation(engine, prompt_ids, params, metrics)
+        return await openai_run(request, body, generation, chat=True)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
+                                            "owned_by": "openllm"}]}
+
