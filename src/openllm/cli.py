@@ -15,6 +15,7 @@ COMMANDS = {
     "convert": ("openllm.export.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),
     "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "presets": ("openllm.models.presets", "list the model presets and their parameter counts"),
+    "viz": ("openllm.viz.cli", "pictures of attention, expert routing and token confidence"),
 }
 
 
