@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "recipes" / "pretrain.py").is_file())
@@ -31,6 +32,7 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALL
 RUNS = Path("outputs/notebooks")
 IMAGES = Path("notebooks/images") if Path("notebooks").is_dir() else RUNS / "images"
 IMAGES.mkdir(parents=True, exist_ok=True)
+warnings.filterwarnings("ignore", message="IProgress not found")  # progress bars are off anyway
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML, Image, display
@@ -349,9 +351,11 @@ print("one token at a time with the cache = the full forward pass:",
 from openllm.viz.attention import attention_maps, plot_attention
 
 maps = attention_maps(model, tokenizer, text)
-fig = plot_attention(maps, title=f"Attention for {text!r}")
-fig.savefig(IMAGES / "attention.png", dpi=60, bbox_inches="tight")
+plot_attention(maps, title=f"Attention for {text!r}")
 plt.show()
+fig = plot_attention(maps, layers=[1, 3], title=f"Attention for {text!r}, layers 1 and 3")  # the README's picture
+fig.savefig(IMAGES / "attention.png", dpi=80, bbox_inches="tight")
+plt.close(fig)
 
 # %%
 previous_token = torch.diagonal(maps.weights, offset=-1, dim1=-2, dim2=-1).mean(-1)  # (layers, heads)
@@ -659,10 +663,10 @@ fig.savefig(IMAGES / "reliability.png", dpi=70)
 plt.show()
 
 # %% [markdown]
-# The untrained model spreads its probability almost uniformly over the vocabulary, so all its predictions land
-# in the lowest-confidence bin, where it is (rightly) almost never correct. After training, confidence spreads out
-# and follows accuracy closely: small models trained with cross-entropy tend to be well calibrated at the token
-# level, even when they are often wrong.
+# The untrained model spreads its probability almost evenly over the vocabulary, so every prediction lands in the
+# lowest-confidence bin, where it is (rightly) almost never correct: a low ECE that says nothing useful. After
+# training, confidence spreads over the whole range and, bin by bin, accuracy follows it; the bins above 0.6 hold
+# few tokens, so their bars are noisy.
 #
 # The same numbers from the per-token probabilities that `openllm.viz.confidence` computes, on a few documents,
 # with `expected_calibration_error` and `reliability_bins`:
@@ -693,7 +697,7 @@ for b in reliability_bins(confidence, correct, num_bins=5):
 # %%
 from openllm.viz.confidence import plot_confidence, render_html
 
-text = held_out[5][:500]
+text = next(t for t in held_out if len(t) > 400)[:500]
 conf = token_confidences(model, tokenizer, text)
 page = render_html(conf, path=RUNS / "confidence.html", title="Held-out docstring")
 display(HTML(page[page.index("<p class"):page.index("</body>")]))
