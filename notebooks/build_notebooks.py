@@ -18,10 +18,11 @@ SETUP = '''
 # %%
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
+
+import matplotlib.pyplot as plt
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "recipes" / "pretrain.py").is_file())
 os.chdir(ROOT)
@@ -33,14 +34,14 @@ RUNS = Path("outputs/notebooks")
 IMAGES = Path("notebooks/images") if Path("notebooks").is_dir() else RUNS / "images"
 IMAGES.mkdir(parents=True, exist_ok=True)
 warnings.filterwarnings("ignore", message="IProgress not found")  # progress bars are off anyway
-
-import matplotlib.pyplot as plt
-from IPython.display import HTML, Image, display
 '''
 
 # Launching a recipe the way a person would, and showing its last lines if it fails.
 RUN_RECIPE = '''
 # %%
+import subprocess
+
+
 def run(*command):
     """Run `python COMMAND...` from the repository root; print the command, fail loudly with its output."""
     command = [sys.executable, *map(str, command)]
@@ -452,6 +453,8 @@ plt.show()
 # %%
 import html
 
+from IPython.display import HTML, display
+
 from openllm.evaluation.generation import generate, load_causal_lm
 
 model, tokenizer = load_causal_lm(str(DENSE), device="cpu", dtype="float32")
@@ -720,6 +723,8 @@ for b in reliability_bins(confidence, correct, num_bins=5):
 # the second half of a word and the punctuation around code are not.
 
 # %%
+from IPython.display import HTML, display
+
 from openllm.viz.confidence import plot_confidence, render_html
 
 text = next(t for t in held_out if len(t) > 400)[:500]
