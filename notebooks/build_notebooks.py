@@ -346,8 +346,8 @@ print("one token at a time with the cache = the full forward pass:",
 # ## 3 · Attention, per layer and head
 #
 # Row *i* of each map is how token *i* spreads its attention over the tokens up to itself (each row sums to 1;
-# everything above the diagonal is masked). Some heads look at the previous token, some at the start, some at
-# matching brackets or names.
+# everything above the diagonal is masked). Look for heads that attend to the previous token (a bright line just
+# below the diagonal) and heads that gather on one early token (a bright column).
 
 # %%
 from openllm.viz.attention import attention_maps, plot_attention
@@ -719,8 +719,8 @@ for b in reliability_bins(confidence, correct, num_bins=5):
 # ## Every token coloured by its probability
 #
 # Red: the model found the token unlikely given the text before it; green: it expected it. Hover a token in the
-# HTML for its probability and the model's own top guess. Names and the start of sentences are surprising;
-# the second half of a word and the punctuation around code are not.
+# HTML for its probability and the model's own top guess. A model this small is unsure of most tokens; where it is
+# sure is mostly structure: the blank line after a docstring's first line, the dots and underscores inside names.
 
 # %%
 from IPython.display import HTML, display
