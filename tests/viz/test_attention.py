@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import read_png
+from viz_helpers import read_png
 
 from openllm.viz.attention import attention_maps, plot_attention
 

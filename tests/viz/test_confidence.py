@@ -3,7 +3,7 @@ import html.parser
 import math
 
 import pytest
-from conftest import read_png
+from viz_helpers import read_png
 
 from openllm.evaluation.perplexity import evaluate_model
 from openllm.viz.confidence import confidence_colour, plot_confidence, render_html, token_confidences

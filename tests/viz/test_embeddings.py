@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import read_png
+from viz_helpers import read_png
 
 from openllm.viz.embeddings import nearest_neighbours, pca_2d, plot_projection, token_neighbours
 

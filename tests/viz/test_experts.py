@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import read_png
+from viz_helpers import read_png
 
 from openllm.viz.experts import expert_routing, plot_expert_routing
 

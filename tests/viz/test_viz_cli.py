@@ -2,7 +2,7 @@ import html
 import re
 
 import pytest
-from conftest import read_png
+from viz_helpers import read_png
 
 from openllm.cli import main
 
