@@ -4,6 +4,7 @@
 #   make test         the test suite (fast, CPU)
 #   make test-compat  model + export tests on transformers 4.57 with ONNX (after `make install-compat`)
 #   make bench        benchmarks; writes tables into README.md
+#   make notebooks    rewrite notebooks/*.ipynb from notebooks/build_notebooks.py, then run each one
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := src
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-browser install-compat quickstart test test-compat slow_test bench style quality clean
+.PHONY: install install-browser install-compat quickstart test test-compat slow_test bench style quality clean notebooks
 
 # torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -67,6 +68,10 @@ bench:
 	$(BIN)/python benchmarks/run.py --write-readme
 	if [ -x $(VENV_COMPAT)/bin/python ]; then $(VENV_COMPAT)/bin/python benchmarks/run.py --only onnx --write-readme; \
 	else echo "ONNX benchmark skipped: run make install-compat first"; fi
+
+notebooks:
+	$(BIN)/python notebooks/build_notebooks.py
+	$(BIN)/python -m pytest tests/notebooks -q
 
 style:
 	$(BIN)/ruff format src tests recipes benchmarks

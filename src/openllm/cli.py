@@ -25,6 +25,7 @@ COMMANDS = {
     "export": ("openllm.export", "export a model to ONNX, Llama/Mixtral format or GGUF"),
     "convert": ("openllm.export.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),
     "presets": ("openllm.models.presets", "list the model presets and their parameter counts"),
+    "viz": ("openllm.viz.cli", "pictures of attention, expert routing and token confidence"),
 }
 
 

@@ -1,0 +1,86 @@
+"""Which experts the router of each Mixture-of-Experts layer chose for every token of a text.
+
+    routing = expert_routing(model, tokenizer, "import json")
+    routing.experts[0]        # (tokens, k) experts of the first MoE layer, best first
+    plot_expert_routing(routing, path="experts.png")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tokens import encode_with_pieces, label
+
+
+@dataclass
+class ExpertRouting:
+    tokens: list[str]  # the text piece of each token, in order
+    layers: list[int]  # index of each MoE layer in the model
+    router_logits: "torch.Tensor"  # noqa: F821  (moe layers, tokens, experts), fp32
+    experts: "torch.Tensor"  # noqa: F821  (moe layers, tokens, k) chosen experts, highest router probability first
+
+    @property
+    def top_expert(self):
+        """(moe layers, tokens): the expert with the highest router probability."""
+        return self.experts[..., 0]
+
+    def expert_counts(self):
+        """(moe layers, experts): how many of the text's tokens each expert received (any of the k slots)."""
+        import torch
+
+        num_experts = self.router_logits.shape[-1]
+        return torch.stack([torch.bincount(e.flatten(), minlength=num_experts) for e in self.experts])
+
+
+def expert_routing(model, tokenizer, text: str, max_tokens: int = 128) -> ExpertRouting:
+    """Run `text` through an MoE model with `output_router_logits=True` and read each layer's top-k choice the way
+    the router makes it (top-k of the softmax over the router logits)."""
+    import torch
+
+    config = model.config
+    num_experts = getattr(config, "num_experts", 0) or getattr(config, "num_local_experts", 0)
+    if not num_experts:
+        raise ValueError(f"{getattr(config, 'model_type', type(model).__name__)} model has no experts "
+                         "(num_experts is 0): expert routing needs a Mixture-of-Experts model.")
+    ids, pieces = encode_with_pieces(tokenizer, text)
+    if len(ids) > max_tokens:
+        raise ValueError(f"The text has {len(ids)} tokens; routing pictures are readable up to {max_tokens}. "
+                         "Shorten it or raise max_tokens.")
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids], device=model.device), output_router_logits=True, use_cache=False)
+    logits = torch.stack([r.float().cpu().reshape(len(ids), -1) for r in out.router_logits])  # (L, T, E)
+    is_moe = getattr(config, "is_moe_layer", None)
+    layers = ([i for i in range(config.num_hidden_layers) if is_moe(i)] if is_moe
+              else list(range(len(out.router_logits))))
+    k = getattr(config, "num_experts_per_tok", 1)
+    experts = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1).indices
+    return ExpertRouting(tokens=pieces, layers=layers, router_logits=logits, experts=experts)
+
+
+def plot_expert_routing(routing: ExpertRouting, path=None, title: str | None = None):
+    """One row per MoE layer, one column per token: the colour is the token's first-choice expert and the cell lists
+    all k choices. Returns the figure; with `path`, also saves it as a PNG."""
+    from .figures import pyplot, save_png
+
+    plt = pyplot()
+    from matplotlib.colors import ListedColormap
+
+    num_layers, num_tokens, num_experts = routing.router_logits.shape
+    palette = plt.get_cmap("tab10" if num_experts <= 10 else "tab20")
+    cmap = ListedColormap([palette(i) for i in range(num_experts)])
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.42 * num_tokens + 1.5), 0.55 * num_layers + 1.6))
+    ax.imshow(routing.top_expert.numpy(), cmap=cmap, vmin=-0.5, vmax=num_experts - 0.5, aspect="auto")
+    for layer in range(num_layers):
+        for token in range(num_tokens):
+            text = "\n".join(str(int(e)) for e in routing.experts[layer, token])
+            ax.text(token, layer, text, ha="center", va="center", fontsize=7, color="white", fontweight="bold")
+    ax.set_xticks(range(num_tokens), [label(t) for t in routing.tokens], rotation=90, fontsize=8)
+    ax.set_yticks(range(num_layers), [f"layer {i}" for i in routing.layers], fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(e)) for e in range(num_experts)]
+    ax.legend(handles, [f"expert {e}" for e in range(num_experts)], loc="upper left", bbox_to_anchor=(1.01, 1),
+              fontsize=7, title="first choice", title_fontsize=7)
+    ax.set_title(title or f"Expert routing (cell: the {routing.experts.shape[-1]} experts chosen, best first)",
+                 fontsize=9)
+    if path is not None:
+        save_png(fig, path)
+    return fig
