@@ -186,8 +186,7 @@ def plot_reliability_diagram(bins: list[dict], path, title: str = "Next-token ca
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     draw_reliability(top, bottom, bins, title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -374,23 +373,33 @@ def framework_versions() -> dict:
 
 
 def save_results(results: dict, output_dir) -> Path:
-    """Write `eval_results.json` and the reliability diagram into `output_dir`; returns the JSON path."""
+    """Write `eval_results.json` and the reliability diagram into `output_dir`, each atomically; returns the JSON
+    path."""
+    import io
+
+    from .. import atomic
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results["reliability_diagram"] = None
-    try:
-        plot_reliability_diagram(results["calibration"]["bins"], output_dir / RELIABILITY_FILE)
-        results["reliability_diagram"] = RELIABILITY_FILE
-    except ImportError:
-        logger.warning("matplotlib is not installed, so no reliability diagram was drawn: "
-                       "`pip install matplotlib` (or openllm-hf[train]).")
-    path = output_dir / RESULTS_FILE
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    if "calibration" in results:
+        results["reliability_diagram"] = None
+        try:
+            png = io.BytesIO()
+            plot_reliability_diagram(results["calibration"]["bins"], png)
+            atomic.write_bytes(output_dir / RELIABILITY_FILE, png.getvalue())
+            results["reliability_diagram"] = RELIABILITY_FILE
+        except ImportError:
+            logger.warning("matplotlib is not installed, so no reliability diagram was drawn: "
+                           "`pip install matplotlib` (or openllm-hf[train]).")
+    return atomic.write_json(output_dir / RESULTS_FILE, results, ensure_ascii=False)
 
 
 def format_results(results: dict) -> str:
     """A table for people."""
+    if "metrics" not in results:
+        from .harness import format_lm_eval
+
+        return f"{results['model']}" + format_lm_eval(results["lm_eval"])
     m, d, s = results["metrics"], results["dataset"], results["settings"]
     name = (d["name"] or "texts") + (f" ({d['split']})" if d["split"] else "")
     lines = [
@@ -408,12 +417,16 @@ def format_results(results: dict) -> str:
     ]
     for sample in results.get("samples", []):
         lines += ["", f"prompt      {sample['prompt']}", f"completion  {sample['completion']}"]
+    if "lm_eval" in results:
+        from .harness import format_lm_eval
+
+        lines.append(format_lm_eval(results["lm_eval"]))
     return "\n".join(lines)
 
 
 def add_arguments(parser):
     parser.add_argument("model", help="model folder (save_pretrained + tokenizer) or Hub id")
-    parser.add_argument("--dataset", required=True, help="a .txt/.jsonl/.json/.csv/.parquet file, a folder or Hub id")
+    parser.add_argument("--dataset", help="held-out texts: a .txt/.jsonl/.json/.csv/.parquet file, a folder or Hub id")
     parser.add_argument("--dataset-config", help="Hub dataset configuration, e.g. wikitext-2-raw-v1")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--split", help="default: the first of validation, test, train that exists")
@@ -428,22 +441,50 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    harness = parser.add_argument_group("lm-evaluation-harness (pip install 'openllm-hf[eval]')")
+    harness.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. openllm_heldout,openllm_synthetic_mc,"
+                         "openllm_synthetic_gen (offline, shipped) or hellaswag,arc_easy,gsm8k,wikitext (Hub)")
+    harness.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
+    harness.add_argument("--limit", type=int, help="at most N examples per lm-eval task")
+    harness.add_argument("--num-fewshot", type=int, help="few-shot examples per lm-eval prompt (default: the task's)")
 
 
 def run(args) -> int:
     from .generation import load_causal_lm
 
     try:
+        if args.dataset is None and args.tasks is None:
+            raise ValueError("Nothing to evaluate: pass --dataset (held-out texts) and/or --tasks (lm-eval tasks).")
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be at least 1, got {args.max_samples}.")
-        texts, split = load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
-                                       dataset_config=args.dataset_config, max_samples=args.max_samples)
+        texts = None
+        if args.dataset is not None:
+            texts, split = load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
+                                           dataset_config=args.dataset_config, max_samples=args.max_samples)
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
-        info = {"name": args.dataset, "config": args.dataset_config, "split": split, "text_column": args.text_column}
-        results = evaluate_model(model, tokenizer, texts, block_size=args.block_size, stride=args.stride,
-                                 batch_size=args.batch_size, num_samples=args.num_samples, sample_prompts=args.prompts,
-                                 seed=args.seed, output_dir=args.output_dir, model_name=args.model, dataset_info=info,
-                                 show_progress=not args.json and sys.stderr.isatty())
+        if texts is not None:
+            info = {"name": args.dataset, "config": args.dataset_config, "split": split,
+                    "text_column": args.text_column}
+            results = evaluate_model(model, tokenizer, texts, block_size=args.block_size, stride=args.stride,
+                                     batch_size=args.batch_size, num_samples=args.num_samples,
+                                     sample_prompts=args.prompts, seed=args.seed, model_name=args.model,
+                                     dataset_info=info, show_progress=not args.json and sys.stderr.isatty())
+        elif args.output_dir and (Path(args.output_dir) / RESULTS_FILE).is_file():
+            # lm-eval alone: its results join the held-out numbers already there
+            results = json.loads((Path(args.output_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+        else:
+            results = {"model": args.model, "framework_versions": framework_versions()}
+        if args.tasks is not None:
+            from .harness import run_lm_eval
+
+            # `openllm_heldout` scores the same texts as `--dataset` (a local file), so the two can be compared
+            metadata = {"data_files": args.dataset, "text_column": args.text_column} \
+                if args.dataset and Path(args.dataset).is_file() else {}
+            results["lm_eval"] = run_lm_eval(model, tokenizer, args.tasks, include_path=args.include_path,
+                                             limit=args.limit, batch_size=args.batch_size, metadata=metadata,
+                                             num_fewshot=args.num_fewshot, seed=args.seed)
+        if args.output_dir is not None:
+            save_results(results, args.output_dir)
     except (OSError, ValueError, TypeError) as error:
         print(f"openllm eval: error: {error}", file=sys.stderr)
         return 2
