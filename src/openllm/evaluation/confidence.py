@@ -19,7 +19,6 @@ answer first) reaches the `oracle_aurc`.
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 ABSTAIN = "abstain"
 ABSTAIN_MESSAGE = ("Abstained: the model's confidence in its answer ({confidence:.4f}, the geometric mean of its "
@@ -102,7 +101,7 @@ def risk_coverage(confidences, correct) -> dict:
     n, wrong = len(correct), sum(not c for c in correct)
     oracle = sum(max(0, k - (n - wrong)) / k for k in range(1, n + 1)) / n
     return {"coverage": [k / n for k in range(1, n + 1)], "risk": risks, "aurc": sum(risks) / n,
-            "random_aurc": wrong / n, "oracle_aurc": oracle, "accuracy": 1 - wrong / n, "answers": n}
+            "random_aurc": wrong / n, "oracle_aurc": oracle, "accuracy": (n - wrong) / n, "answers": n}
 
 
 def plot_risk_coverage(curve: dict, path, title: str = "Risk-coverage of answers ranked by confidence"):
@@ -123,6 +122,6 @@ def plot_risk_coverage(curve: dict, path, title: str = "Risk-coverage of answers
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
-    return Path(path)
+    return path

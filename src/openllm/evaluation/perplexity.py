@@ -391,15 +391,37 @@ def save_results(results: dict, output_dir) -> Path:
         except ImportError:
             logger.warning("matplotlib is not installed, so no reliability diagram was drawn: "
                            "`pip install matplotlib` (or openllm-hf[train]).")
+    if "answers" in results:
+        from .answers import RISK_COVERAGE_FILE, save_risk_coverage
+
+        try:
+            png = io.BytesIO()
+            save_risk_coverage(results["answers"], png)
+            atomic.write_bytes(output_dir / RISK_COVERAGE_FILE, png.getvalue())
+            results["risk_coverage_plot"] = RISK_COVERAGE_FILE
+        except ImportError:
+            logger.warning("matplotlib is not installed, so no risk-coverage curve was drawn.")
     return atomic.write_json(output_dir / RESULTS_FILE, results, ensure_ascii=False)
 
 
 def format_results(results: dict) -> str:
     """A table for people."""
-    if "metrics" not in results:
+    lines = [str(results["model"])]
+    if "metrics" in results:
+        lines = _format_metrics(results)
+    if "lm_eval" in results:
         from .harness import format_lm_eval
 
-        return f"{results['model']}" + format_lm_eval(results["lm_eval"])
+        lines.append(format_lm_eval(results["lm_eval"]))
+    if "answers" in results:
+        a = results["answers"]
+        lines += ["", f"answers to {a['questions']} held-out questions ({a['tasks']}): accuracy {a['accuracy']:.4f}",
+                  f"AURC {a['aurc']:.4f} ranked by confidence (random ranking {a['random_aurc']:.4f}, oracle "
+                  f"{a['oracle_aurc']:.4f}); lower is better"]
+    return "\n".join(lines)
+
+
+def _format_metrics(results: dict) -> list[str]:
     m, d, s = results["metrics"], results["dataset"], results["settings"]
     name = (d["name"] or "texts") + (f" ({d['split']})" if d["split"] else "")
     lines = [
@@ -417,11 +439,7 @@ def format_results(results: dict) -> str:
     ]
     for sample in results.get("samples", []):
         lines += ["", f"prompt      {sample['prompt']}", f"completion  {sample['completion']}"]
-    if "lm_eval" in results:
-        from .harness import format_lm_eval
-
-        lines.append(format_lm_eval(results["lm_eval"]))
-    return "\n".join(lines)
+    return lines
 
 
 def add_arguments(parser):
@@ -447,14 +465,20 @@ def add_arguments(parser):
     harness.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
     harness.add_argument("--limit", type=int, help="at most N examples per lm-eval task")
     harness.add_argument("--num-fewshot", type=int, help="few-shot examples per lm-eval prompt (default: the task's)")
+    answers = parser.add_argument_group("answer accuracy and selective prediction")
+    answers.add_argument("--answers", metavar="TASKS", help="answer held-out synthetic questions (openllm:mix, "
+                         "openllm:addition, or addition,parity,reverse) and rank them by confidence (AURC)")
+    answers.add_argument("--answers-size", type=int, default=200, help="number of questions (default 200)")
+    answers.add_argument("--chat", action="store_true", help="ask the questions through the chat template")
 
 
 def run(args) -> int:
     from .generation import load_causal_lm
 
     try:
-        if args.dataset is None and args.tasks is None:
-            raise ValueError("Nothing to evaluate: pass --dataset (held-out texts) and/or --tasks (lm-eval tasks).")
+        if args.dataset is None and args.tasks is None and args.answers is None:
+            raise ValueError("Nothing to evaluate: pass --dataset (held-out texts), --tasks (lm-eval tasks) and/or "
+                             "--answers (checkable questions).")
         if args.max_samples is not None and args.max_samples < 1:
             raise ValueError(f"--max-samples must be at least 1, got {args.max_samples}.")
         texts = None
@@ -470,7 +494,7 @@ def run(args) -> int:
                                      sample_prompts=args.prompts, seed=args.seed, model_name=args.model,
                                      dataset_info=info, show_progress=not args.json and sys.stderr.isatty())
         elif args.output_dir and (Path(args.output_dir) / RESULTS_FILE).is_file():
-            # lm-eval alone: its results join the held-out numbers already there
+            # lm-eval or answers alone: their results join the held-out numbers already there
             results = json.loads((Path(args.output_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
         else:
             results = {"model": args.model, "framework_versions": framework_versions()}
@@ -483,6 +507,13 @@ def run(args) -> int:
             results["lm_eval"] = run_lm_eval(model, tokenizer, args.tasks, include_path=args.include_path,
                                              limit=args.limit, batch_size=args.batch_size, metadata=metadata,
                                              num_fewshot=args.num_fewshot, seed=args.seed)
+        if args.answers is not None:
+            from .answers import evaluate_answers, synthetic_questions
+
+            results["answers"] = evaluate_answers(model, tokenizer,
+                                                  synthetic_questions(args.answers, args.answers_size, args.seed),
+                                                  chat=args.chat, show_progress=not args.json and sys.stderr.isatty())
+            results["answers"]["tasks"] = args.answers
         if args.output_dir is not None:
             save_results(results, args.output_dir)
     except (OSError, ValueError, TypeError) as error:
