@@ -409,6 +409,10 @@ def format_results(results: dict) -> str:
     lines = [str(results["model"])]
     if "metrics" in results:
         lines = _format_metrics(results)
+    if "uncertainty" in results:
+        u = results["uncertainty"]
+        lines += ["", f"uncertainty (ensemble of {u['members']}, nats/token): total {u['total']:.4f} = aleatoric "
+                  f"{u['aleatoric']:.4f} + epistemic {u['epistemic']:.4f}"]
     if "lm_eval" in results:
         from .harness import format_lm_eval
 
@@ -465,6 +469,8 @@ def add_arguments(parser):
     harness.add_argument("--include-path", action="append", help="a folder of your own task YAMLs (repeatable)")
     harness.add_argument("--limit", type=int, help="at most N examples per lm-eval task")
     harness.add_argument("--num-fewshot", type=int, help="few-shot examples per lm-eval prompt (default: the task's)")
+    parser.add_argument("--ensemble", action="append", metavar="MODEL", help="another checkpoint with the same "
+                        "tokenizer (repeatable): splits uncertainty on --dataset into aleatoric and epistemic")
     answers = parser.add_argument_group("answer accuracy and selective prediction")
     answers.add_argument("--answers", metavar="TASKS", help="answer held-out synthetic questions (openllm:mix, "
                          "openllm:addition, or addition,parity,reverse) and rank them by confidence (AURC)")
@@ -498,6 +504,15 @@ def run(args) -> int:
             results = json.loads((Path(args.output_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
         else:
             results = {"model": args.model, "framework_versions": framework_versions()}
+        if args.ensemble:
+            from .uncertainty import ensemble_uncertainty, load_ensemble
+
+            if texts is None:
+                raise ValueError("--ensemble measures uncertainty on held-out texts: pass them with --dataset.")
+            members = [model] + load_ensemble(args.ensemble, tokenizer, device=args.device, dtype=args.dtype)
+            results["uncertainty"] = ensemble_uncertainty(members, tokenizer, texts, block_size=args.block_size,
+                                                          stride=args.stride, batch_size=args.batch_size)
+            results["uncertainty"]["ensemble"] = [args.model] + args.ensemble
         if args.tasks is not None:
             from .harness import run_lm_eval
 
