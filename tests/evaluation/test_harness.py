@@ -94,7 +94,7 @@ def test_lm_eval_command_line_evaluates_an_openllm_folder_offline(tiny_model_dir
 
 def test_lm_eval_errors_are_clear(tiny_model_dir, tmp_path, capsys):
     assert main(["eval", str(tiny_model_dir)]) == 2
-    assert "pass --dataset (held-out texts) and/or --tasks" in capsys.readouterr().err
+    assert "Nothing to evaluate: pass --dataset (held-out texts), --tasks" in capsys.readouterr().err
     assert main(["eval", str(tiny_model_dir), "--tasks", "openllm_nope"]) == 2
     err = capsys.readouterr().err
     assert "Unknown lm-eval task(s) openllm_nope" in err and "openllm_heldout" in err
