@@ -51,15 +51,15 @@ def imported_modules() -> set[str]:
 
 
 def used_otherwise(name: str) -> bool:
-    """A command the Makefile or a test runs (ruff, hadolint), the kernel the notebook tests start, a requirement of a package the Makefile installs
-    without its dependencies (aiohttp), a pytest plugin switched on in pyproject (pytest-timeout), or a logging
-    backend the recipes report to (tensorboard)."""
+    """A command the Makefile or a test runs (ruff, hadolint), the kernel the notebook tests start (ipykernel), a
+    requirement of a package the Makefile installs without its dependencies (aiohttp), a pytest plugin switched on
+    in pyproject (pytest-timeout), or a logging backend the recipes report to (tensorboard)."""
     makefile = (ROOT / "Makefile").read_text()
+    tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
     if name == "ipykernel" and "NotebookClient(" in tests:  # the kernel nbclient starts to run the notebooks
         return True
     if name in NO_DEPS_REQUIREMENTS and re.search(rf"--no-deps.*{NO_DEPS_REQUIREMENTS[name]}", makefile):
         return True
-    tests = "".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
     command = COMMANDS.get(name)
     if command and (re.search(rf"/{command}\b", makefile) or f'which("{command}"' in tests):
         return True

@@ -21,6 +21,7 @@ COMMANDS = {
     "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "eval": ("openllm.evaluation.perplexity", "perplexity, bits-per-byte, calibration and samples of a model"),
     "generate": ("openllm.evaluation.generation", "generate text from a model, streaming to the terminal"),
+    "calibrate": ("openllm.evaluation.calibration", "fit temperature scaling on held-out text; store it in the model"),
     "serve": ("openllm.serving.cli", "serve a model over the TGI and OpenAI HTTP protocols"),
     "export": ("openllm.export", "export a model to ONNX, Llama/Mixtral format or GGUF"),
     "convert": ("openllm.export.convert", "convert between OpenLLM and Llama/Mixtral checkpoints"),

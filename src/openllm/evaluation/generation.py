@@ -3,12 +3,27 @@
     openllm generate MODEL --prompt "Once upon a time" --max-new-tokens 64 --temperature 0.8 --seed 0
     openllm generate MODEL --chat --prompt "What is a tokenizer?"     # through the tokenizer's chat template
     echo "Once upon a time" | openllm generate MODEL --greedy --no-stream
+    openllm generate MODEL --prompt "Question: What is 7 + 5?\nAnswer:" --greedy --abstain-below 0.6
+
+With --abstain-below P the completion is printed only when the model's confidence in it (the geometric mean of its
+token probabilities) is at least P; otherwise the output is empty and stderr says `finish_reason: abstain` and why.
 """
 
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..hub.paths import check_model_path
+from .confidence import (
+    ABSTAIN,
+    SequenceConfidence,
+    abstain_message,
+    check_threshold,
+    sequence_confidence,
+    should_abstain,
+    token_logprobs_and_entropies,
+)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -46,6 +61,31 @@ def build_prompt(tokenizer, prompt: str, chat: bool = False, system: str | None 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _prepare(model, tokenizer, prompt, *, max_new_tokens, temperature, top_k, top_p, greedy, seed, chat, system):
+    """(tokenized prompt on the model's device, sampling kwargs for `model.generate`) after checking the settings."""
+    from transformers import set_seed
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use --greedy for argmax "
+                         "decoding.")
+    text = build_prompt(tokenizer, prompt, chat=chat, system=system)
+    # a chat template already writes the special tokens it wants
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).to(model.device)
+    inputs.pop("token_type_ids", None)
+    if inputs["input_ids"].shape[1] == 0:
+        raise ValueError("The prompt is empty after tokenization; give at least one character of text.")
+    sampling = {"do_sample": not greedy}
+    if not greedy:
+        sampling.update(temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
+    if seed is not None:
+        set_seed(seed)
+    sampling["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+        tokenizer.eos_token_id
+    return inputs, sampling
+
+
 def generate(
     model,
     tokenizer,
@@ -65,28 +105,96 @@ def generate(
     """Complete `prompt` and return only the new text. `greedy` decodes deterministically; otherwise tokens are
     sampled (temperature, top-k, top-p), reproducibly when `seed` is given. `streamer` is e.g. a `TextStreamer`."""
     import torch
-    from transformers import set_seed
 
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    if not greedy and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use --greedy for argmax "
-                         "decoding.")
-    text = build_prompt(tokenizer, prompt, chat=chat, system=system)
-    # a chat template already writes the special tokens it wants
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).to(model.device)
-    inputs.pop("token_type_ids", None)
-    if inputs["input_ids"].shape[1] == 0:
-        raise ValueError("The prompt is empty after tokenization; give at least one character of text.")
-    sampling = {} if greedy else {"temperature": temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
-    if seed is not None:
-        set_seed(seed)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inputs, sampling = _prepare(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, chat=chat, system=system)
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=not greedy,
-                                repetition_penalty=repetition_penalty, pad_token_id=pad_token_id,
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                 streamer=streamer, **sampling)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set([eos] if isinstance(eos, int) else eos or []) | ({tokenizer.eos_token_id} - {None})
+
+
+def stop_token_ids(tokenizer, stop: Sequence[str]) -> set[int]:
+    """Tokens whose text contains one of the `stop` strings: generation ends on any of them. (Matching token by token
+    is exact for a stop string that no token boundary can split, such as a newline.)"""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return {i for i, text in enumerate(texts) if any(s in text for s in stop)}
+
+
+@dataclass
+class Generation:
+    """A completion with the model's confidence in it. `finish_reason` is "stop" (EOS or a stop string), "length"
+    (max_new_tokens reached) or "abstain" (confidence below the threshold: `text` is empty, `message` says why and
+    `withheld` keeps what would have been returned)."""
+
+    text: str
+    finish_reason: str
+    confidence: SequenceConfidence
+    token_ids: list[int]
+    token_logprobs: list[float]
+    token_entropies: list[float]
+    message: str | None = None
+    withheld: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "finish_reason": self.finish_reason, "message": self.message,
+                "withheld": self.withheld, **self.confidence.to_dict(), "token_ids": self.token_ids,
+                "token_logprobs": self.token_logprobs, "token_entropies": self.token_entropies}
+
+
+def generate_with_confidence(
+    model,
+    tokenizer,
+    prompt: str,
+    *,
+    abstain_below: float | None = None,
+    stop: Sequence[str] = (),
+    max_new_tokens: int = 128,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = 0.95,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    chat: bool = False,
+    system: str | None = None,
+) -> Generation:
+    """Like `generate`, and also measure the model's confidence in the completion: every generated token's
+    log-probability and the entropy of the distribution it was drawn from, under the model's own (calibrated)
+    distribution, before sampling adjustments. With `abstain_below`, a completion whose confidence
+    (exp(mean token log-prob), see `openllm.evaluation.confidence`) is strictly below it is withheld:
+    `finish_reason == "abstain"`. `stop` strings end the completion (see `stop_token_ids`; the text is cut before
+    them)."""
+    import torch
+
+    threshold = None if abstain_below is None else check_threshold(abstain_below)
+    inputs, sampling = _prepare(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, chat=chat, system=system)
+    if stop:
+        sampling["eos_token_id"] = sorted(_eos_ids(model, tokenizer) | stop_token_ids(tokenizer, stop))
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
+                                output_logits=True, return_dict_in_generate=True, **sampling)
+    new_ids = output.sequences[0, inputs["input_ids"].shape[1]:]
+    logprobs, entropies = token_logprobs_and_entropies(torch.cat(output.logits)[:len(new_ids)], new_ids)
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    cut = min((text.find(s) for s in stop if s in text), default=-1)
+    finish_reason = "stop" if cut >= 0 or (len(new_ids) and int(new_ids[-1]) in _eos_ids(model, tokenizer)) \
+        else "length"
+    text = text[:cut] if cut >= 0 else text
+    confidence = sequence_confidence(logprobs.tolist(), entropies.tolist())
+    generation = Generation(text=text, finish_reason=finish_reason, confidence=confidence,
+                            token_ids=new_ids.tolist(), token_logprobs=logprobs.tolist(),
+                            token_entropies=entropies.tolist())
+    if should_abstain(confidence.confidence, threshold):
+        generation.withheld, generation.text, generation.finish_reason = text, "", ABSTAIN
+        generation.message = abstain_message(confidence.confidence, threshold)
+    return generation
 
 
 def add_arguments(parser):
@@ -104,21 +212,37 @@ def add_arguments(parser):
     parser.add_argument("--no-stream", action="store_true", help="print the completion once it is finished")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: cuda when available)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument("--abstain-below", type=float, metavar="P",
+                        help="withhold a completion whose confidence (geometric mean token probability) is below P")
+    parser.add_argument("--stop", action="append", default=[], help="stop string, e.g. a newline (repeatable)")
 
 
 def run(args) -> int:
     from transformers import TextStreamer
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
+    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed,
+                    chat=args.chat, system=args.system)
     try:
+        if args.abstain_below is not None:
+            check_threshold(args.abstain_below)
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
+        if args.abstain_below is not None or args.stop:
+            # the decision needs the whole completion, so nothing is streamed
+            result = generate_with_confidence(model, tokenizer, prompt, abstain_below=args.abstain_below,
+                                              stop=args.stop, **settings)
+            if result.finish_reason != ABSTAIN:
+                print(result.text if args.chat else prompt + result.text)
+            c = result.confidence
+            print(f"finish_reason: {result.finish_reason}; confidence {c.confidence:.4f} (mean token log-prob "
+                  f"{c.mean_logprob:.4f}, min {c.min_logprob:.4f}, mean entropy {c.mean_entropy:.4f} nats, "
+                  f"{c.tokens} tokens)" + (f"\n{result.message}" if result.message else ""), file=sys.stderr)
+            return 0
         streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         if streamer is not None and not args.chat:
             print(prompt, end="", flush=True)
-        completion = generate(model, tokenizer, prompt, max_new_tokens=args.max_new_tokens,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed,
-                              chat=args.chat, system=args.system, streamer=streamer)
+        completion = generate(model, tokenizer, prompt, streamer=streamer, **settings)
     except (OSError, ValueError) as error:
         print(f"openllm generate: error: {error}", file=sys.stderr)
         return 2

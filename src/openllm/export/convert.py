@@ -58,10 +58,21 @@ def _read_rope(config) -> tuple[float, dict]:
     return float(theta), rope
 
 
+def check_no_temperature(config, target: str) -> None:
+    """Refuse a calibrated model: `target` has no logits temperature, so the calibration would be silently lost."""
+    temperature = getattr(config, "logits_temperature", 1.0)
+    if temperature != 1.0:
+        raise ValueError(f"This model is calibrated: its logits are divided by logits_temperature={temperature:g} "
+                         f"(set by `openllm calibrate`), and {target} has no such field, so the exported model "
+                         "would lose its calibration. Set logits_temperature to 1.0 in a copy's config.json, export "
+                         f"that, and sample it at temperature {temperature:g} × your usual temperature.")
+
+
 def llama_config(config):
     """`LlamaConfig` equivalent to a dense `OpenLLMConfig`."""
     from transformers import LlamaConfig
 
+    check_no_temperature(config, "Llama")
     if config.num_experts:
         raise ValueError(f"This is a Mixture-of-Experts model ({config.num_experts} experts); Llama is dense. "
                          "Convert it with `--to mixtral` instead.")
@@ -76,6 +87,7 @@ def mixtral_config(config):
     """`MixtralConfig` equivalent to an MoE `OpenLLMConfig` whose every layer is an MoE layer."""
     from transformers import MixtralConfig
 
+    check_no_temperature(config, "Mixtral")
     if not config.num_experts:
         raise ValueError("This is a dense model (num_experts=0); Mixtral is a Mixture-of-Experts architecture. "
                          "Convert it with `--to llama` instead.")

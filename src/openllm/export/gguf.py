@@ -71,6 +71,9 @@ def _check_llama_compatible(config) -> None:
     if getattr(config, "model_type", None) != "openllm":
         raise ValueError(f"`openllm export gguf` converts OpenLLM models, not {config.model_type!r}. For other "
                          "architectures use llama.cpp's convert_hf_to_gguf.py.")
+    from .convert import check_no_temperature
+
+    check_no_temperature(config, "GGUF (llama.cpp)")
     if config.num_experts:
         moe_layers = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
         if not all(moe_layers):

@@ -13,6 +13,7 @@ Whatever is missing is reported as not evaluated, never filled in.
 
 import json
 import logging
+import math
 import re
 import struct
 import sys
@@ -139,7 +140,7 @@ def _card_metadata(ctx: dict):
 
     eval_results = None
     results = ctx["eval"]
-    if results:
+    if results and "metrics" in results:
         d = results["dataset"]
         dataset = d.get("name") or "held-out texts"
         eval_results = [
@@ -149,6 +150,14 @@ def _card_metadata(ctx: dict):
                        metric_name=name, metric_value=round(float(results["metrics"][key]), 6))
             for key, metric_type, name in CARD_METRICS if key in results["metrics"]
         ]
+    # lm-evaluation-harness results (`openllm eval --tasks`), one entry per task and metric
+    for task, metrics in ((results or {}).get("lm_eval") or {}).get("tasks", {}).items():
+        eval_results = (eval_results or []) + [
+            EvalResult(task_type="text-generation", task_name=f"lm-eval: {task}", dataset_type=task,
+                       dataset_name=task, metric_type=metric, metric_name=f"{metric} (lm-eval)",
+                       metric_value=round(float(value), 6))
+            for metric, value in metrics.items()
+            if not metric.endswith("_stderr") and metric != "sample_len" and math.isfinite(float(value))]
     tags = ["openllm", "custom_code", ctx["stage"]] + (["moe"] if ctx["arch"]["moe"] else []) + ctx["tags"]
     hub_datasets = [d for d in ctx["datasets"] if _is_hub_id(d)]
     return ModelCardData(

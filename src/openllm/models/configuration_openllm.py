@@ -46,6 +46,9 @@ class OpenLLMConfig(PretrainedConfig):
         router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss in the training loss.
         router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss (ST-MoE) in the training loss.
         output_router_logits (`bool`, defaults to `False`): return every MoE layer's router logits.
+        logits_temperature (`float`, defaults to 1.0): the forward pass returns `logits / logits_temperature`;
+            `openllm calibrate` fits it on held-out text (temperature scaling), so generation, evaluation and serving
+            all use the calibrated distribution.
     """
 
     model_type = "openllm"
@@ -93,6 +96,7 @@ class OpenLLMConfig(PretrainedConfig):
         router_aux_loss_coef=0.01,
         router_z_loss_coef=0.001,
         output_router_logits=False,
+        logits_temperature=1.0,
         pad_token_id=None,
         bos_token_id=1,
         eos_token_id=2,
@@ -129,6 +133,7 @@ class OpenLLMConfig(PretrainedConfig):
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_z_loss_coef = router_z_loss_coef
         self.output_router_logits = output_router_logits
+        self.logits_temperature = float(logits_temperature)
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -165,6 +170,8 @@ class OpenLLMConfig(PretrainedConfig):
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             fail(f"`num_experts_per_tok` must be between 1 and `num_experts` ({self.num_experts}), "
                  f"got {self.num_experts_per_tok}.")
+        if not self.logits_temperature > 0:
+            fail(f"`logits_temperature` must be > 0, got {self.logits_temperature}.")
         if self.decoder_sparse_step < 1:
             fail(f"`decoder_sparse_step` must be >= 1, got {self.decoder_sparse_step}.")
         bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]

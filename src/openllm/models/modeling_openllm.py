@@ -609,6 +609,8 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
+        if self.config.logits_temperature != 1.0:  # temperature scaling fitted by `openllm calibrate`
+            logits = logits / self.config.logits_temperature
 
         loss = aux_loss = None
         if labels is not None:

@@ -1,0 +1,50 @@
+"""Datasets and scoring of OpenLLM's lm-evaluation-harness tasks. lm-eval imports this file from the task folder, so
+it reads its data relative to itself and needs only `openllm` importable."""
+
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_HELDOUT = HERE / "data" / "heldout.jsonl"
+
+
+def _test_split(rows: list[dict]):
+    import datasets
+
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def heldout(data_files=None, text_column: str = "text", **_):
+    """The texts of `data_files` (any file `openllm eval --dataset` reads; default: the shipped sample)."""
+    from openllm.evaluation.perplexity import load_eval_texts
+
+    texts, _split = load_eval_texts(str(data_files or DEFAULT_HELDOUT), text_column=text_column)
+    return _test_split([{"text": t} for t in texts])
+
+
+def _examples(synthetic_tasks="addition,parity,reverse", synthetic_size=300, synthetic_seed=0):
+    from openllm.data.post_training import make_task_examples
+
+    tasks = tuple(t.strip() for t in synthetic_tasks.split(",")) if isinstance(synthetic_tasks, str) else \
+        tuple(synthetic_tasks)
+    return make_task_examples(tasks, int(synthetic_size), split="test", seed=int(synthetic_seed))
+
+
+def synthetic_choices(synthetic_tasks="addition,parity,reverse", synthetic_size=300, synthetic_seed=0, **_):
+    rows = []
+    for e in _examples(synthetic_tasks, synthetic_size, synthetic_seed):
+        # a stable hash of the question puts the right answer first or second, half the time each
+        first = zlib.crc32(e["prompt"].encode()) % 2 == 0
+        rows.append({**e, "choices": [e["answer"], e["wrong"]] if first else [e["wrong"], e["answer"]],
+                     "label": 0 if first else 1})
+    return _test_split(rows)
+
+
+def synthetic_questions(synthetic_tasks="addition,parity,reverse", synthetic_size=300, synthetic_seed=0, **_):
+    return _test_split(_examples(synthetic_tasks, synthetic_size, synthetic_seed))
+
+
+def process_answer(doc, results):
+    from openllm.data.post_training import is_correct
+
+    return {"exact_match": float(is_correct(results[0], doc["answer"]))}
