@@ -78,7 +78,7 @@ style:
 	$(BIN)/ruff check --fix src tests recipes benchmarks
 
 quality:  # lint, and every declared dependency is used
-	$(BIN)/ruff check src tests recipes benchmarks
+	$(BIN)/ruff check src tests recipes benchmarks notebooks
 	$(BIN)/python -m pytest tests/test_dependencies.py -q
 
 clean:

@@ -4,8 +4,9 @@ Makefile runs, or a pytest plugin the test configuration uses."""
 import ast
 import json
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name → import name, where they differ
