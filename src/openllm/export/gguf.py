@@ -67,6 +67,10 @@ def _check_llama_compatible(config) -> None:
     if getattr(config, "model_type", None) != "openllm":
         raise ValueError(f"`openllm export gguf` converts OpenLLM models, not {config.model_type!r}. For other "
                          "architectures use llama.cpp's convert_hf_to_gguf.py.")
+    reasons = config.llama_incompatibilities()
+    if reasons:
+        raise ValueError(f"llama.cpp's llama architecture cannot compute this model's function: {'; '.join(reasons)}. "
+                         "It has no GGUF form; serve it with `openllm serve` or train with these options off.")
     if config.num_experts:
         moe_layers = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
         if not all(moe_layers):
