@@ -104,6 +104,8 @@ class PretrainConfig(TrainingArguments):
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log the tokens seen."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "See DDP."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb... or none."})
+    optim: str = field(default=TrainingArguments.__dataclass_fields__["optim"].default, metadata={
+        "help": "muon (Muon for the decoder's weight matrices, AdamW for the rest) or a transformers optimizer name."})
     precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32 (see the class docstring)."})
     auto_resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir."})
     final_eval_documents: int = field(default=500, metadata={
@@ -114,6 +116,9 @@ class PretrainConfig(TrainingArguments):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if not (self.bf16 or self.fp16):
             self._resolve_precision()
+        self.optim_muon = self.optim == "muon"  # built by openllm.training.optim; the Trainer knows no Muon
+        if self.optim_muon:
+            self.optim = TrainingArguments.__dataclass_fields__["optim"].default
         super().__post_init__()
 
     def _resolve_precision(self):
