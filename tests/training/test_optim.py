@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from openllm import OpenLLMForCausalLM, get_preset_config
 from openllm.data.tokenizer import train_tokenizer
 from openllm.training.arguments import DataArguments, ModelArguments, PretrainConfig
-from openllm.training.optim import MuonWithAdamW, create_muon_optimizer, muon_parameter_names
+from openllm.training.optim import create_muon_optimizer, muon_parameter_names
 from openllm.training.pretrain import pretrain
 
 MICRO = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
@@ -22,7 +22,7 @@ def test_parameter_split_and_learning_rates():
     model = OpenLLMForCausalLM(get_preset_config("tiny-moe", tie_word_embeddings=False, qk_norm=True))
     names = set(muon_parameter_names(model))
     assert "model.layers.0.self_attn.q_proj.weight" in names and "model.layers.1.self_attn.o_proj.weight" in names
-    for name, param in model.named_parameters():
+    for name, _ in model.named_parameters():
         routed_elsewhere = ("embed_tokens" in name or "lm_head" in name or "norm" in name or ".mlp.gate." in name
                             or ".experts." in name)
         assert (name in names) != routed_elsewhere, name
