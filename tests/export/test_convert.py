@@ -176,3 +176,26 @@ def test_expert_layouts_are_inverse():
     fused = _fuse_experts(per_expert, num_experts=4)
     assert fused.keys() == state_dict.keys()
     assert all(torch.equal(fused[k], v) for k, v in state_dict.items())
+
+
+def test_options_llama_cannot_express_are_refused():
+    for overrides, reason in ((dict(qk_norm=True), "qk_norm=True normalises queries and keys"),
+                              (dict(final_logit_softcapping=30.0), "final_logit_softcapping=30.0 caps the logits")):
+        with pytest.raises(ValueError, match=f"cannot be converted to Llama .*{reason}.* Keep it as an OpenLLM"):
+            to_llama(random_model("tiny", **overrides))
+        with pytest.raises(ValueError, match=f"cannot be converted to Mixtral .*{reason}"):
+            to_mixtral(random_model("tiny-moe", **overrides))
+
+
+def test_options_llama_can_express_convert_losslessly(input_ids):
+    # zero-initialised output projections change only the starting point; an untied head is a Llama field
+    model = random_model("tiny", zero_init_output_projections=True, tie_word_embeddings=False)
+    with torch.no_grad():
+        for layer in model.model.layers:  # as after training: the projections have moved away from zero
+            layer.self_attn.o_proj.weight.normal_(0, 0.02)
+            layer.mlp.down_proj.weight.normal_(0, 0.02)
+    llama = to_llama(model)
+    assert not llama.config.tie_word_embeddings
+    torch.testing.assert_close(logits(llama, input_ids), logits(model, input_ids), atol=1e-5, rtol=0)
+    back = from_llama(llama)
+    torch.testing.assert_close(logits(back, input_ids), logits(model, input_ids), atol=1e-5, rtol=0)

@@ -138,10 +138,13 @@ def test_scaled_rope_is_written_as_frequency_factors(tmp_path):
         (dict(decoder_sparse_step=2), "either every layer or no layer"),
         (dict(mlp_only_layers=[0]), "either every layer or no layer"),
         (dict(norm_topk_prob=False), "norm_topk_prob=False"),
+        (dict(qk_norm=True), "cannot compute this model's function: qk_norm=True normalises queries and keys"),
+        (dict(final_logit_softcapping=30.0), "final_logit_softcapping=30.0 caps the logits with tanh"),
     ],
 )
 def test_moe_layouts_llama_cpp_cannot_run_are_refused(tmp_path, overrides, message):
-    src = make_checkpoint(tmp_path / "src", preset="tiny-moe", **overrides)
+    preset = "tiny" if "qk_norm" in overrides or "final_logit_softcapping" in overrides else "tiny-moe"
+    src = make_checkpoint(tmp_path / "src", preset=preset, **overrides)
     with pytest.raises(ValueError, match=message):
         export_gguf(src, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()

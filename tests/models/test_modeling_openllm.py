@@ -360,3 +360,78 @@ def test_continuous_batching_matches_generate():
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0,
                                   eos_token_id=None)[0, len(prompt):]
         assert result.generated_tokens == expected.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Architecture options
+
+
+def test_qk_norm_normalises_each_heads_queries_and_keys(ids):
+    model = make_model(tiny_config(qk_norm=True))
+    attn = model.model.layers[0].self_attn
+    seen = {}
+    attn.q_norm.register_forward_hook(lambda m, args, out: seen.setdefault("q", out))
+    with torch.no_grad():
+        attn.q_norm.weight.fill_(1.0)
+        plain = make_model(tiny_config())
+        plain.load_state_dict(model.state_dict(), strict=False)
+        out, ref = model(ids).logits, plain(ids).logits
+    assert {"self_attn.q_norm.weight", "self_attn.k_norm.weight"} <= {
+        n.split("layers.0.")[-1] for n, _ in model.named_parameters()}
+    assert seen["q"].shape == (3, 7, 4, 8)  # per head, before the heads move to dim 1
+    torch.testing.assert_close(seen["q"].pow(2).mean(-1), torch.ones(3, 7, 4), atol=1e-2, rtol=0)
+    assert (out - ref).abs().max() > 1e-4  # the option changes the function
+    assert "q_norm" not in dict(plain.model.layers[0].self_attn.named_children())
+
+
+def test_qk_norm_cache_sdpa_and_generation_agree(ids):
+    model = make_model(tiny_config(qk_norm=True))
+    full = model(ids).logits
+    with torch.no_grad():
+        prefix = model(ids[:, :4], use_cache=True)
+        step = model(ids[:, 4:], past_key_values=prefix.past_key_values).logits
+    torch.testing.assert_close(step, full[:, 4:], atol=1e-5, rtol=0)
+    sdpa = make_model(tiny_config(qk_norm=True), attn="sdpa")
+    sdpa.load_state_dict(model.state_dict())
+    torch.testing.assert_close(sdpa(ids).logits, full, atol=1e-5, rtol=0)
+
+
+def test_zero_init_output_projections_start_each_layer_as_identity(ids):
+    moe = OpenLLMForCausalLM(tiny_moe_config(zero_init_output_projections=True))
+    model = OpenLLMForCausalLM(tiny_config(zero_init_output_projections=True))
+    for m in (model, moe):
+        for layer in m.model.layers:
+            assert not layer.self_attn.o_proj.weight.any()
+            down = layer.mlp.experts.down_proj if layer.is_moe else layer.mlp.down_proj.weight
+            assert not down.any()
+            assert layer.self_attn.q_proj.weight.std() > 0.01
+    # the decoder passes the embeddings through unchanged, and training still moves every weight
+    with torch.no_grad():
+        hidden = model.model(ids).last_hidden_state
+    torch.testing.assert_close(hidden, model.model.norm(model.model.embed_tokens(ids)))
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert model.model.layers[0].self_attn.o_proj.weight.grad.abs().sum() > 0
+
+
+def test_final_logit_softcapping_bounds_the_logits(ids):
+    model = make_model(tiny_config(final_logit_softcapping=2.0))
+    plain = make_model(tiny_config())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)
+        plain.load_state_dict(model.state_dict())
+        out, raw = model(ids, labels=ids), plain(ids).logits
+    assert out.logits.abs().max() <= 2.0 < raw.abs().max()
+    torch.testing.assert_close(out.logits, 2.0 * torch.tanh(raw / 2.0))
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    with pytest.raises(ValueError, match="final_logit_softcapping` must be a positive number"):
+        tiny_config(final_logit_softcapping=-1)
+
+
+def test_options_survive_save_and_remote_code_load(ids, tmp_path):
+    model = make_model(tiny_config(qk_norm=True, final_logit_softcapping=5.0, tie_word_embeddings=False))
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert loaded.config.qk_norm and loaded.config.final_logit_softcapping == 5.0
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-6, rtol=0)  # sdpa vs eager

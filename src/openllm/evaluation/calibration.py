@@ -77,11 +77,26 @@ def _chunks(hidden, targets, size: int = 4096):
     return zip(hidden.split(size), targets.split(size))
 
 
+class _Head:
+    """The output layer with the model's logit soft-capping, if any: calibration fits the temperature the forward
+    pass applies after both."""
+
+    def __init__(self, model):
+        self.linear = model.get_output_embeddings()
+        self.weight = self.linear.weight
+        self.logit_softcapping = getattr(model.config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden):
+        return self.linear(hidden)
+
+
 def _raw_logits(head, hidden):
     import torch
 
     with torch.no_grad():
-        return head(hidden.to(head.weight.dtype)).float()
+        logits = head(hidden.to(head.weight.dtype)).float()
+        cap = getattr(head, "logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def fit_temperature(head, hidden, targets, max_iter: int = 100) -> float:
@@ -152,7 +167,7 @@ def calibrate_model(model, tokenizer, texts, *, fit_fraction: float = 0.5, seed:
     returns the report (`temperature`, `before`, `after`, token counts). The model is not modified."""
     texts = [t for t in texts if t.strip()]
     fit_texts, eval_texts = split_texts(texts, fit_fraction, seed)
-    head = model.get_output_embeddings()
+    head = _Head(model)
     kwargs = dict(block_size=block_size, stride=stride, batch_size=batch_size)
     fit_hidden, fit_targets = head_inputs(model, tokenizer, fit_texts, **kwargs)
     eval_hidden, eval_targets = head_inputs(model, tokenizer, eval_texts, **kwargs)

@@ -33,6 +33,14 @@ _SHARED_FIELDS = (
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _check_expressible(config, target: str) -> None:
+    reasons = config.llama_incompatibilities()
+    if reasons:
+        raise ValueError(f"This model cannot be converted to {target} without changing its outputs: "
+                         f"{'; '.join(reasons)}. Keep it as an OpenLLM checkpoint (it loads anywhere with "
+                         "`trust_remote_code=True`), or train with these options off to get a convertible model.")
+
+
 def _rope_kwargs(config) -> dict:
     """`rope_theta=` and `rope_scaling=` kwargs, which Llama/Mixtral configs accept on transformers 4.57 and 5.x."""
     rope = {k: v for k, v in config.rope_parameters.items() if k != "rope_theta"}
@@ -76,6 +84,7 @@ def llama_config(config):
     if config.num_experts:
         raise ValueError(f"This is a Mixture-of-Experts model ({config.num_experts} experts); Llama is dense. "
                          "Convert it with `--to mixtral` instead.")
+    _check_expressible(config, "Llama")
     return LlamaConfig(
         **{name: getattr(config, name) for name in _SHARED_FIELDS},
         intermediate_size=config.intermediate_size, head_dim=config.head_dim, attention_bias=False, mlp_bias=False,
@@ -103,6 +112,7 @@ def mixtral_config(config):
     if not config.norm_topk_prob:
         raise ValueError("This model routes with norm_topk_prob=False (top-k weights not renormalised), but Mixtral "
                          "always renormalises them, so its outputs would differ. Keep it as an OpenLLM checkpoint.")
+    _check_expressible(config, "Mixtral")
     return MixtralConfig(
         **{name: getattr(config, name) for name in _SHARED_FIELDS},
         intermediate_size=config.moe_intermediate_size, head_dim=config.head_dim,

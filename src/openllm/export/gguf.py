@@ -74,6 +74,10 @@ def _check_llama_compatible(config) -> None:
     from .convert import check_no_temperature
 
     check_no_temperature(config, "GGUF (llama.cpp)")
+    reasons = config.llama_incompatibilities()
+    if reasons:
+        raise ValueError(f"llama.cpp's llama architecture cannot compute this model's function: {'; '.join(reasons)}. "
+                         "It has no GGUF form; serve it with `openllm serve` or train with these options off.")
     if config.num_experts:
         moe_layers = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
         if not all(moe_layers):

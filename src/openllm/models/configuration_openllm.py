@@ -49,6 +49,13 @@ class OpenLLMConfig(PretrainedConfig):
         logits_temperature (`float`, defaults to 1.0): the forward pass returns `logits / logits_temperature`;
             `openllm calibrate` fits it on held-out text (temperature scaling), so generation, evaluation and serving
             all use the calibrated distribution.
+        qk_norm (`bool`, defaults to `False`): RMSNorm over each head's queries and keys before RoPE (OLMo 2, Qwen3),
+            which keeps attention logits bounded at high learning rates. Llama cannot express it.
+        zero_init_output_projections (`bool`, defaults to `False`): start the projections that write into the
+            residual stream (`o_proj`, `down_proj`, experts' `down_proj`) at zero, so every layer starts as the
+            identity (modded-nanogpt). Changes only the initialisation.
+        final_logit_softcapping (`float`, *optional*): squash the logits into (-cap, cap) with `cap * tanh(logits /
+            cap)` (Gemma 2). Llama cannot express it.
     """
 
     model_type = "openllm"
@@ -97,6 +104,9 @@ class OpenLLMConfig(PretrainedConfig):
         router_z_loss_coef=0.001,
         output_router_logits=False,
         logits_temperature=1.0,
+        qk_norm=False,
+        zero_init_output_projections=False,
+        final_logit_softcapping=None,
         pad_token_id=None,
         bos_token_id=1,
         eos_token_id=2,
@@ -134,6 +144,9 @@ class OpenLLMConfig(PretrainedConfig):
         self.router_z_loss_coef = router_z_loss_coef
         self.output_router_logits = output_router_logits
         self.logits_temperature = float(logits_temperature)
+        self.qk_norm = qk_norm
+        self.zero_init_output_projections = zero_init_output_projections
+        self.final_logit_softcapping = final_logit_softcapping
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -174,9 +187,24 @@ class OpenLLMConfig(PretrainedConfig):
             fail(f"`logits_temperature` must be > 0, got {self.logits_temperature}.")
         if self.decoder_sparse_step < 1:
             fail(f"`decoder_sparse_step` must be >= 1, got {self.decoder_sparse_step}.")
+        cap = self.final_logit_softcapping
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+            fail(f"`final_logit_softcapping` must be a positive number (or null for no capping), got {cap!r}.")
         bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             fail(f"`mlp_only_layers` has indices outside [0, {self.num_hidden_layers}): {bad}.")
+
+    def llama_incompatibilities(self) -> list[str]:
+        """Why Llama/Mixtral (and llama.cpp's llama architecture) cannot compute this model's function, one reason
+        per option; empty when they can."""
+        reasons = []
+        if self.qk_norm:
+            reasons.append("qk_norm=True normalises queries and keys inside attention, which Llama and Mixtral "
+                           "attention do not do")
+        if self.final_logit_softcapping:
+            reasons.append(f"final_logit_softcapping={self.final_logit_softcapping} caps the logits with tanh, "
+                           "which Llama and Mixtral heads do not do")
+        return reasons
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         """Whether decoder layer `layer_idx` uses a Mixture-of-Experts MLP (Qwen3-MoE's convention)."""

@@ -38,10 +38,11 @@ except ImportError:  # transformers 4.57 marks loaded modules itself
 # ---------------------------------------------------------------------------------------------------------------------
 
 _MASK_PARAMS = inspect.signature(create_causal_mask).parameters
+_MASK_NEEDS_CACHE_POSITION = "input_embeds" in _MASK_PARAMS  # 4.57
 
 
 def _causal_mask(config, inputs_embeds, attention_mask, cache_position, past_key_values, position_ids):
-    if "input_embeds" in _MASK_PARAMS:  # 4.57
+    if _MASK_NEEDS_CACHE_POSITION:
         return create_causal_mask(
             config=config, input_embeds=inputs_embeds, attention_mask=attention_mask,
             cache_position=cache_position, past_key_values=past_key_values, position_ids=position_ids,
@@ -116,8 +117,8 @@ class OpenLLMRotaryEmbedding(nn.Module):
 
 
 def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
@@ -241,18 +242,25 @@ class OpenLLMAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.writes_residual = True
+        if config.qk_norm:  # RMSNorm over each head's queries and keys, before RoPE (OLMo 2, Qwen3)
+            self.q_norm = OpenLLMRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = OpenLLMRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
                 cache_position=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T, D)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, KV, T, D)
+        query = self.q_proj(hidden_states).view(hidden_shape)  # (B, T, H, D)
+        key = self.k_proj(hidden_states).view(hidden_shape)  # (B, T, KV, D)
+        if self.config.qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx, {"cache_position": cache_position})
+            cache_kwargs = None if cache_position is None else {"cache_position": cache_position}
+            key, value = past_key_values.update(key, value, self.layer_idx, cache_kwargs)
 
         attention = _attention_function(self.config._attn_implementation)
         attn_output, attn_weights = attention(
@@ -396,6 +404,13 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _normal_or_zeros(weight, std):
+    if std:
+        init.normal_(weight, mean=0.0, std=std)
+    else:
+        init.zeros_(weight)
+
+
 class OpenLLMPreTrainedModel(PreTrainedModel):
     config_class = OpenLLMConfig
     config: OpenLLMConfig
@@ -417,8 +432,13 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
         down_proj, experts' down_proj) get std / sqrt(2 * num_hidden_layers) when `scale_residual_init` is set."""
         std = self.config.initializer_range
         residual_std = std / math.sqrt(2 * self.config.num_hidden_layers) if self.config.scale_residual_init else std
+        if self.config.zero_init_output_projections:
+            residual_std = 0.0
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            init.normal_(module.weight, mean=0.0, std=residual_std if getattr(module, "writes_residual", 0) else std)
+            if getattr(module, "writes_residual", False):
+                _normal_or_zeros(module.weight, residual_std)
+            else:
+                init.normal_(module.weight, mean=0.0, std=std)
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 if not getattr(module.weight, "_is_hf_initialized", False):
                     module.weight[module.padding_idx].zero_()
@@ -428,7 +448,7 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, OpenLLMExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
-            init.normal_(module.down_proj, mean=0.0, std=residual_std)
+            _normal_or_zeros(module.down_proj, residual_std)
         elif isinstance(module, OpenLLMRotaryEmbedding):
             # non-persistent, so never loaded; transformers 5 creates it on the meta device
             module.inv_freq = rope_inverse_frequencies(module.config).to(module.inv_freq.device)
@@ -493,7 +513,8 @@ class OpenLLMModel(OpenLLMPreTrainedModel):
 
         seq_len = inputs_embeds.shape[1]
         cache_position = kwargs.pop("cache_position", None)
-        if cache_position is None:
+        # transformers 5 neither passes nor needs cache positions; 4.57's masks and static caches do
+        if cache_position is None and (_MASK_NEEDS_CACHE_POSITION or position_ids is None):
             past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             cache_position = torch.arange(past_seen, past_seen + seq_len, device=inputs_embeds.device)
         if position_ids is None:
@@ -609,6 +630,9 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
+        if self.config.final_logit_softcapping:  # cap * tanh(logits / cap): no logit grows past ±cap (Gemma 2)
+            cap = self.config.final_logit_softcapping
+            logits = torch.tanh(logits / cap) * cap
         if self.config.logits_temperature != 1.0:  # temperature scaling fitted by `openllm calibrate`
             logits = logits / self.config.logits_temperature
 

@@ -126,6 +126,8 @@ class PretrainConfig(RunArguments, TrainingArguments):
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Log the tokens seen."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "See DDP."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "tensorboard, wandb... or none."})
+    optim: str = field(default=TrainingArguments.__dataclass_fields__["optim"].default, metadata={
+        "help": "muon (Muon for the decoder's weight matrices, AdamW for the rest) or a transformers optimizer name."})
     precision: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32 (see the class docstring)."})
     final_eval_documents: int = field(default=500, metadata={
         "help": "Held-out documents scored after training for eval_results.json and the model card; 0 skips."})
@@ -138,6 +140,9 @@ class PretrainConfig(RunArguments, TrainingArguments):
             raise ValueError(f"{explicit}=True contradicts precision={self.precision!r}; set only one of them.")
         self.precision = explicit or self.precision
         self._resolve_precision()
+        self.optim_muon = self.optim == "muon"  # built by openllm.training.optim; the Trainer knows no Muon
+        if self.optim_muon:
+            self.optim = TrainingArguments.__dataclass_fields__["optim"].default
         super().__post_init__()
 
     def _resolve_precision(self):

@@ -25,6 +25,7 @@ from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
 from ..data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from . import run
 from .arguments import DataArguments, ModelArguments, PretrainConfig
+from .optim import create_optimizers
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
         processing_class=tokenizer,
         callbacks=callbacks,
         eval_tokens_per_byte=corpus.stats.get("eval_tokens_per_byte"),
+        optimizers=create_optimizers(model, training_args),
     )
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
