@@ -136,3 +136,25 @@ def test_chat_page_talks_to_a_model_without_chat_template(tmp_path, browser):
         probabilities = page.eval_on_selector_all(".msg.assistant .tok", "els => els.map(e => Number(e.dataset.p))")
         page.close()
     assert text == expected and probabilities and all(0 < p <= 1 for p in probabilities)
+
+
+def test_chat_page_shows_an_abstention(tiny_serve_dir, browser):
+    # a server that withholds every answer below confidence 1: the page shows why, not an empty bubble
+    folder, _, _ = tiny_serve_dir
+    with serve(folder, "--abstain-below", "1", api_key="") as url:
+        page = browser.new_page()
+        page.goto(url + "/chat")
+        page.wait_for_function("document.getElementById('model-meta').textContent.includes('context 256')")
+        page.fill("#temperature", "0")
+        page.fill("#max_tokens", "8")
+        page.fill("#input", "hello world")
+        page.click("#send")
+        page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+        answer = page.locator(".msg.assistant")
+        text = answer.evaluate("e => [...e.childNodes].slice(0, -1).map(n => n.textContent).join('')")
+        classes, stats = answer.get_attribute("class"), page.text_content(".msg.assistant .stats")
+        tokens = page.eval_on_selector_all(".msg.assistant .tok", "els => els.length")
+        page.close()
+    assert text.startswith("Abstained: the model's confidence in its answer (0.") and text.endswith(
+        "is below the threshold 1.0.")
+    assert "refused" in classes and stats.endswith("· abstain") and tokens == 0

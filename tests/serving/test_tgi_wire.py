@@ -133,7 +133,9 @@ def test_generate_bytes_and_headers(server):
     assert json.loads(compat.text)[0]["details"]["tokens"] == direct.json()["details"]["tokens"]
     response = direct.json()
     assert list(response) == ["generated_text", "details"]
-    assert list(response["details"]) == ["finish_reason", "generated_tokens", "seed", "prefill", "tokens"]
+    # TGI's keys in TGI's order, then the one extension (the sequence's confidence), which TGI clients skip
+    assert list(response["details"]) == ["finish_reason", "generated_tokens", "seed", "prefill", "tokens",
+                                         "confidence"]
     assert list(response["details"]["prefill"][0]) == ["id", "text", "logprob"]
     assert list(response["details"]["tokens"][0]) == ["id", "text", "logprob", "special"]
     assert direct.text.startswith('{"generated_text":') and ", " not in direct.text.replace(response[
@@ -156,7 +158,7 @@ def test_stream_bytes(server):
     assert events[-1] == "" and all(e.startswith('data:{"index":') for e in events[:-1])
     last = json.loads(events[-2][5:])
     assert list(last) == ["index", "token", "generated_text", "details"]  # no top_tokens unless asked
-    assert list(last["details"]) == ["finish_reason", "generated_tokens", "seed", "input_length"]
+    assert list(last["details"]) == ["finish_reason", "generated_tokens", "seed", "input_length", "confidence"]
     # a request refused after its body parsed: one error event in a 200 stream
     refused = client.post("/generate_stream", json={"inputs": "hello", "parameters": {"max_new_tokens": 999}})
     assert refused.status_code == 200

@@ -25,6 +25,10 @@ class ServerConfig:
     default_max_new_tokens: int = 256
     model_info: Optional[dict] = None
     ui: bool = True  # the chat page at /chat (and at / for browsers)
+    abstain_below: Optional[float] = None  # default confidence threshold of every request (`--abstain-below`)
+
+    def threshold(self, requested: Optional[float]) -> Optional[float]:
+        return self.abstain_below if requested is None else requested
 
 
 class APIError(Exception):
@@ -228,3 +232,14 @@ async def collect(request: Request, generations: list[Generation]) -> list[Compl
         for generation in generations:
             if generation.seq.finish_reason is None:
                 generation.cancel()
+
+
+async def each(outputs):
+    """The outputs of a live `Generation` as they come, or of a list already collected (an answer held back until
+    its confidence is known)."""
+    if hasattr(outputs, "__aiter__"):
+        async for output in outputs:
+            yield output
+    else:
+        for output in outputs:
+            yield output

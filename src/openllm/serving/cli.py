@@ -38,6 +38,10 @@ def add_arguments(parser):
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is often fastest for small models on a "
                              "busy machine)")
+    parser.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                        help="answer nothing (finish reason `abstain`) when a sequence's confidence, the geometric "
+                             "mean of its token probabilities, is below P in [0, 1]; a request's `abstain_below` "
+                             "overrides it")
     parser.add_argument("--no-ui", action="store_true", help="do not serve the chat page (/chat, and / for browsers)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -80,7 +84,7 @@ def context_length(model, tokenizer) -> int:
 
 
 def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
-              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None, ui=True):
+              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None, ui=True, abstain_below=None):
     from .api import ServerConfig
     from .app import create_app
     from .engine import Engine
@@ -89,7 +93,8 @@ def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=3
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
                     context_length=context_length(model, tokenizer), metrics=ServerMetrics())
     config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
-                          default_max_new_tokens=max_new_tokens, model_info=info, ui=ui)
+                          default_max_new_tokens=max_new_tokens, model_info=info, ui=ui,
+                          abstain_below=abstain_below)
     return create_app(engine, config)
 
 
@@ -110,6 +115,13 @@ def run(args):
                         ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
+    if args.abstain_below is not None:
+        from ..evaluation.confidence import check_threshold
+
+        try:
+            check_threshold(args.abstain_below)
+        except ValueError as e:
+            raise SystemExit(f"--abstain-below: {e}") from None
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("Binding %s without --api-key: anyone who can reach this address can use the model.", args.host)
     if args.num_threads is not None:
@@ -122,5 +134,5 @@ def run(args):
     app = build_app(model, tokenizer, args.served_model_name or args.model, info,
                     max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
                     max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=args.api_key,
-                    ui=not args.no_ui)
+                    ui=not args.no_ui, abstain_below=args.abstain_below)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

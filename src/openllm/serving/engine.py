@@ -22,6 +22,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..evaluation.confidence import token_logprobs_and_entropies
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +50,7 @@ class Token:
     logprob: Optional[float]  # log-probability under the model (temperature 1, before any penalty or truncation)
     special: bool = False
     top: list["Token"] = field(default_factory=list)
+    entropy: Optional[float] = None  # nats, of the model's full next-token distribution it was drawn from
 
     @property
     def confidence(self) -> Optional[float]:
@@ -332,11 +335,12 @@ class Engine:
         """Choose each row's next token, report it, and retire the rows that are done. Tensor work is batched over
         the rows and read back once; what stays per row is plain Python on lists."""
         logits = logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
         chosen = choose_tokens(seqs, logits)
-        chosen_logprobs = logprobs.gather(1, chosen[:, None])[:, 0].tolist()
+        # log-probability and entropy under the model's own distribution (its calibrated temperature applied in its
+        # forward), never the one the sampling settings made
+        chosen_logprobs, entropies = (x.tolist() for x in token_logprobs_and_entropies(logits, chosen))
         chosen = chosen.tolist()
-        top = self._top_tokens(seqs, logprobs)
+        top = self._top_tokens(seqs, logits)
         for seq, token_id in zip(seqs, chosen):
             seq.generated.append(token_id)
         windows = self._decode([w for seq in seqs for w in seq.decode_windows()])
@@ -362,7 +366,7 @@ class Engine:
                 if hits:
                     seq.stop_index, reason = offset + min(hits), "stop_sequence"
             shown = self.tokenizer.decode([token_id]) if special else text
-            token = Token(token_id, shown, chosen_logprobs[row], special, top[row])
+            token = Token(token_id, shown, chosen_logprobs[row], special, top[row], entropies[row])
             seq.tokens.append(token)
             if reason is not None:
                 done.append(row)
@@ -378,14 +382,14 @@ class Engine:
             self.metrics.generated_tokens.inc(len(seqs))
         self._drop([self.running.index(seqs[r]) for r in done])
 
-    def _top_tokens(self, seqs: list[Sequence], logprobs: torch.Tensor) -> list[list[Token]]:
+    def _top_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[list[Token]]:
         """The most likely alternatives of the rows that asked for them (one top-k for all of them)."""
         rows = [i for i, s in enumerate(seqs) if s.params.top_n]
         top: list[list[Token]] = [[] for _ in seqs]
         if not rows:
             return top
         n = max(seqs[i].params.top_n for i in rows)
-        values, indices = logprobs[rows].topk(n, dim=-1)
+        values, indices = torch.log_softmax(logits[rows], dim=-1).topk(n, dim=-1)
         for i, vs, ids in zip(rows, values.tolist(), indices.tolist()):
             k = seqs[i].params.top_n
             texts = self._decode([[t] for t in ids[:k]], skip_special_tokens=False)

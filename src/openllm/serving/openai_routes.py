@@ -8,9 +8,10 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .api import OPENAI_TYPES, APIError, ClientDisconnected, Generation, collect, read_json
+from ..evaluation.confidence import ABSTAIN
+from .api import OPENAI_TYPES, APIError, ClientDisconnected, Generation, collect, each, read_json
 from .engine import SamplingParams, Sequence, StepOutput
-from .protocol import OPENAI_FINISH, chat_logprobs, completion_logprobs, sse
+from .protocol import OPENAI_FINISH, Completed, chat_logprobs, completion_logprobs, confidence_json, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 
@@ -65,12 +66,16 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
         want_logprobs = body.logprobs if chat else body.logprobs is not None
+        threshold = config.threshold(body.abstain_below)
         if not body.stream:
             try:
                 (done,) = await collect(request, [generation])
             except ClientDisconnected:
                 return Response(status_code=499)
             outputs = done.outputs
+            if abstain := done.abstention(threshold):
+                choice = abstained_choice(done, abstain, chat, delta=False, with_logprobs=want_logprobs)
+                return JSONResponse(completion_chunk(kind, rid, created, choice, usage(seq, len(outputs))))
             holdback = StopHoldback(body.stop_list)
             text = prefix + "".join(holdback.push(o) for o in outputs)
             tokens = [o.token for o in outputs]
@@ -82,6 +87,8 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
+            if want_logprobs:
+                choice["confidence"] = confidence_json(done.confidence)
             return JSONResponse(completion_chunk(kind, rid, created, choice, usage(seq, len(outputs))))
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -98,8 +105,23 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
                 elif prefix:
                     yield sse(completion_chunk(kind, rid, created, {"index": 0, "text": prefix, "logprobs": None,
                                                                     "finish_reason": None}), "data: ")
-                async for output in generation:
+                outputs, received = generation, []
+                if threshold is not None:  # nothing is sent before the whole answer is known to be kept
+                    outputs = [output async for output in generation]
+                    if not outputs:  # cancelled: the client is gone
+                        return
+                    done = Completed(seq, outputs)
+                    if abstain := done.abstention(threshold):
+                        choice = abstained_choice(done, abstain, chat, delta=True, with_logprobs=want_logprobs)
+                        yield sse(completion_chunk(kind, rid, created, choice), "data: ")
+                        if include_usage:
+                            yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
+                                       "choices": [], "usage": usage(seq, len(outputs))}, "data: ")
+                        yield "data: [DONE]\n\n"
+                        return
+                async for output in each(outputs):
                     count += 1
+                    received.append(output)
                     delta = holdback.push(output)
                     finish = OPENAI_FINISH.get(output.finish_reason) if output.finish_reason else None
                     if not (delta or want_logprobs or finish):
@@ -113,6 +135,8 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
                         choice["delta"] = {"content": delta} if delta else {}
                     else:
                         choice["text"] = delta
+                    if want_logprobs and finish:
+                        choice["confidence"] = confidence_json(Completed(seq, received).confidence)
                     yield sse(completion_chunk(kind, rid, created, choice), "data: ")
                 if include_usage:
                     yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
@@ -123,6 +147,20 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def abstained_choice(done: Completed, message: str, chat: bool, delta: bool, with_logprobs: bool) -> dict:
+        """The choice of a withheld answer: finish reason `abstain`, no text, and the reason as `refusal` (chat's own
+        field; the same name on completions)."""
+        choice = {"index": 0, "logprobs": None, "finish_reason": ABSTAIN}
+        if chat and delta:
+            choice["delta"] = {"refusal": message}
+        elif chat:
+            choice["message"] = {"role": "assistant", "content": None, "refusal": message}
+        else:
+            choice["text"], choice["refusal"] = "", message
+        if with_logprobs:
+            choice["confidence"] = confidence_json(done.confidence)
+        return choice
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -12,10 +12,11 @@ from typing import Optional
 
 import numpy as np
 
+from ..evaluation.confidence import ABSTAIN, SequenceConfidence, abstain_message, sequence_confidence, should_abstain
 from .engine import Sequence, StepOutput, Token
 
-TGI_FINISH = ("length", "eos_token", "stop_sequence")
-OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+TGI_FINISH = ("length", "eos_token", "stop_sequence", ABSTAIN)
+OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length", ABSTAIN: ABSTAIN}
 
 
 @dataclass
@@ -44,6 +45,22 @@ class Completed:
     @property
     def mean_logprob(self) -> float:
         return sum(t.logprob for t in self.tokens) / len(self.outputs)
+
+    @property
+    def confidence(self) -> SequenceConfidence:
+        return sequence_confidence([t.logprob for t in self.tokens], [t.entropy for t in self.tokens])
+
+    def abstention(self, threshold: Optional[float]) -> Optional[str]:
+        """The message to answer instead of the text when the sequence's confidence is below `threshold`."""
+        confidence = self.confidence.confidence
+        return abstain_message(confidence, threshold) if should_abstain(confidence, threshold) else None
+
+
+def confidence_json(confidence: SequenceConfidence) -> dict:
+    """The per-sequence `confidence` object of both protocols: exp(mean token log-prob), the mean and minimum token
+    log-probabilities and the mean entropy of the next-token distributions (nats, the model's own distribution)."""
+    return {"confidence": confidence.confidence, "mean_logprob": confidence.mean_logprob,
+            "min_logprob": confidence.min_logprob, "mean_entropy": confidence.mean_entropy}
 
 
 def compact_json(payload) -> str:
@@ -74,10 +91,16 @@ def tgi_error(message: str, kind: str) -> dict:
     return {"error": message, "error_type": kind}
 
 
-def _tgi_sequence(done: Completed, prefill: bool) -> dict:
-    return {"finish_reason": done.finish_reason, "generated_tokens": len(done.outputs), "seed": done.seed,
-            "prefill": [tgi_prefill_token(t) for t in done.seq.prefill] if prefill else [],
+def _tgi_sequence(done: Completed, prefill: bool, message: Optional[str] = None) -> dict:
+    body = {"finish_reason": ABSTAIN if message else done.finish_reason, "generated_tokens": len(done.outputs),
+            "seed": done.seed, "prefill": [tgi_prefill_token(t) for t in done.seq.prefill] if prefill else [],
             "tokens": [tgi_token(t) for t in done.tokens]}
+    # extensions after TGI's own keys (clients parse `details` leniently): the sequence's confidence, and why it
+    # was withheld
+    body["confidence"] = confidence_json(done.confidence)
+    if message:
+        body["message"] = message
+    return body
 
 
 def _tgi_top_tokens(done: Completed) -> Optional[list]:
@@ -85,11 +108,12 @@ def _tgi_top_tokens(done: Completed) -> Optional[list]:
 
 
 def tgi_generate_response(best: Completed, prefix: str, details: bool, prefill: bool,
-                          others: Optional[list[Completed]] = None) -> dict:
-    """TGI's `GenerateResponse` (what `/generate` answers, and `/` inside a one-element list)."""
-    response = {"generated_text": prefix + best.text}
+                          others: Optional[list[Completed]] = None, abstain: Optional[str] = None) -> dict:
+    """TGI's `GenerateResponse` (what `/generate` answers, and `/` inside a one-element list). With `abstain` (the
+    message of a withheld answer) the text is empty and `details` says why."""
+    response = {"generated_text": "" if abstain else prefix + best.text}
     if details:
-        body = _tgi_sequence(best, prefill)
+        body = _tgi_sequence(best, prefill, abstain)
         if others is not None:
             sequences = []
             for other in others:
@@ -104,16 +128,25 @@ def tgi_generate_response(best: Completed, prefix: str, details: bool, prefill: 
     return response
 
 
-def tgi_stream_event(seq: Sequence, index: int, output: StepOutput, text: Optional[str], details: bool) -> dict:
-    """TGI's `StreamResponse`: one per token; the last one carries the whole text (and `details` if asked)."""
-    event = {"index": index, "token": tgi_token(output.token)}
-    if seq.params.top_n:
+def tgi_stream_event(seq: Sequence, index: int, output: StepOutput, text: Optional[str], details: bool,
+                     done: Optional[Completed] = None, abstain: Optional[str] = None) -> dict:
+    """TGI's `StreamResponse`: one per token; the last one (given `done`, the finished generation) carries the whole
+    text and, if asked, `details` with the sequence's confidence. The only event of an abstained stream (`abstain`:
+    its message) has an empty text and a token whose text is withheld."""
+    token = tgi_token(output.token)
+    if abstain:
+        token["text"] = ""
+    event = {"index": index, "token": token}
+    if seq.params.top_n and not abstain:
         event["top_tokens"] = [tgi_token(a) for a in output.token.top]
-    event["generated_text"] = text
+    event["generated_text"] = "" if abstain else text
     event["details"] = None
-    if text is not None and details:
-        event["details"] = {"finish_reason": output.finish_reason, "generated_tokens": index,
-                            "seed": seq.seed if seq.sampling else None, "input_length": len(seq.prompt_ids)}
+    if done is not None and details:
+        event["details"] = {"finish_reason": ABSTAIN if abstain else output.finish_reason, "generated_tokens": index,
+                            "seed": seq.seed if seq.sampling else None, "input_length": len(seq.prompt_ids),
+                            "confidence": confidence_json(done.confidence)}
+        if abstain:
+            event["details"]["message"] = abstain
     return event
 
 

@@ -4,7 +4,9 @@ their neutral value."""
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..evaluation.confidence import check_threshold
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOP_N = 20
@@ -15,6 +17,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Abstain(BaseModel):
+    # an OpenLLM extension: withhold the answer when its confidence (geometric mean of its token probabilities) is
+    # below this probability
+    abstain_below: Optional[float] = None
+
+    @field_validator("abstain_below")
+    @classmethod
+    def _check_abstain_below(cls, value):
+        return None if value is None else check_threshold(value)
+
+
 def _unsupported(model: BaseModel, **neutral):
     for name, value in neutral.items():
         given = getattr(model, name)
@@ -23,7 +36,7 @@ def _unsupported(model: BaseModel, **neutral):
 
 
 # ---------------------------------------------------------------------------------------------------- TGI
-class TGIParameters(_Strict):
+class TGIParameters(_Abstain, _Strict):
     """TGI's `GenerateParameters`: the same names, defaults and bounds (e.g. `top_p` strictly below 1)."""
 
     best_of: Optional[int] = Field(None, ge=1, le=MAX_BEST_OF)
@@ -69,7 +82,7 @@ class TGIRequest(_Strict):
     stream: bool = False
 
 
-class SeedRequest(_Strict):
+class SeedRequest(_Abstain, _Strict):
     """The body documented by the OpenLLM seed for `POST /generate`; answered like TGI's `/generate`."""
 
     prompt: str = Field(min_length=1)
@@ -120,7 +133,7 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _OpenAISampling(_Strict):
+class _OpenAISampling(_Abstain, _Strict):
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0, le=2)

@@ -12,9 +12,19 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .api import APIError, ClientDisconnected, Generation, collect, read_body, read_json, tgi_message, validate
+from .api import (
+    APIError,
+    ClientDisconnected,
+    Generation,
+    collect,
+    each,
+    read_body,
+    read_json,
+    tgi_message,
+    validate,
+)
 from .engine import SamplingParams
-from .protocol import sse, tgi_error, tgi_generate_response, tgi_stream_event, tgi_tokens
+from .protocol import Completed, sse, tgi_error, tgi_generate_response, tgi_stream_event, tgi_tokens
 from .schemas import (
     MAX_BEST_OF,
     MAX_STOP_SEQUENCES,
@@ -24,6 +34,8 @@ from .schemas import (
     TGIRequest,
     generate_body_schema,
 )
+
+ABSTAIN_HEADER = "x-openllm-abstained"  # the message of an abstained non-streaming answer
 
 
 def add_tgi_routes(app: FastAPI, engine, config, metrics, check_length):
@@ -67,10 +79,14 @@ def add_tgi_routes(app: FastAPI, engine, config, metrics, check_length):
         best = max(results, key=lambda r: r.mean_logprob)
         others = [r for r in results if r is not best] if best_of > 1 else None
         p = body.parameters
+        abstain = best.abstention(config.threshold(p.abstain_below))
         response = tgi_generate_response(best, full_text_prefix(body, default_full_text),
                                          details=p.details or p.decoder_input_details,
-                                         prefill=p.decoder_input_details, others=others)
-        return response, timing_headers(started, best.seq, len(best.outputs), body.inputs)
+                                         prefill=p.decoder_input_details, others=others, abstain=abstain)
+        headers = timing_headers(started, best.seq, len(best.outputs), body.inputs)
+        if abstain:  # also said where a response without `details` has no room for it
+            headers[ABSTAIN_HEADER] = abstain
+        return response, headers
 
     def timing_headers(started: float, seq, generated: int, inputs: str) -> dict:
         """TGI's `x-*` response headers: where the time went, in milliseconds (`x-compute-time` in seconds)."""
@@ -94,12 +110,25 @@ def add_tgi_routes(app: FastAPI, engine, config, metrics, check_length):
                     raise APIError(422, "`decoder_input_details` == true is not supported when streaming tokens")
                 prompt_ids = prompt_ids_of(body)
                 generation = Generation(engine, prompt_ids, sampling_params(body, prompt_ids), metrics)
-                text, index = full_text_prefix(body, default_full_text), 0
-                async for output in generation:
+                threshold = config.threshold(p.abstain_below)
+                outputs = generation
+                if threshold is not None:  # nothing is sent before the whole answer is known to be kept
+                    outputs = [output async for output in generation]
+                    if not outputs:  # cancelled: the client is gone
+                        return
+                    done = Completed(generation.seq, outputs)
+                    if abstain := done.abstention(threshold):
+                        yield sse(tgi_stream_event(generation.seq, len(outputs), outputs[-1], "", p.details, done,
+                                                   abstain))
+                        return
+                text, index, received = full_text_prefix(body, default_full_text), 0, []
+                async for output in each(outputs):
                     index += 1
                     text += output.text
-                    final = output.finish_reason is not None
-                    yield sse(tgi_stream_event(generation.seq, index, output, text if final else None, p.details))
+                    received.append(output)
+                    done = Completed(generation.seq, received) if output.finish_reason is not None else None
+                    yield sse(tgi_stream_event(generation.seq, index, output, text if done else None, p.details,
+                                               done))
             except APIError as e:
                 yield sse(tgi_error(tgi_message(e), e.kind))
 
@@ -177,5 +206,7 @@ def seed_to_tgi(body: SeedRequest) -> TGIRequest:
                           top_p=body.top_p if body.top_p < 1 else None)
     if body.repetition_penalty != 1.0:
         parameters["repetition_penalty"] = body.repetition_penalty
+    if body.abstain_below is not None:
+        parameters["abstain_below"] = body.abstain_below
     return TGIRequest(inputs=body.prompt, parameters=parameters)
 
