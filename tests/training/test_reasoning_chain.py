@@ -1,20 +1,39 @@
-"""The reasoning chain end to end (recipes/chain/*.yaml): SFT → reward model → DPO → GRPO on the worked-solution
-tasks, each stage measured on held-out questions it never trained on. Slow: minutes on two CPU cores."""
+"""The reasoning chain (recipes/chain/*.yaml): each config reads the previous stage's output, and (slow, minutes on
+two CPU cores) SFT → reward model → DPO → GRPO each improve their own target on held-out questions."""
 
 import json
 
 import pytest
-from helpers.recipes import run_recipe
+from helpers.recipes import RECIPES, load_recipe, run_recipe
 
 from openllm.data.reasoning import evaluate_reasoning, format_reasoning, make_reasoning_examples
-
-pytestmark = pytest.mark.slow
 
 # the quickstart model's shape and tokenizer kind (byte-level BPE, 4096 tokens, trained on the built-in corpus),
 # untrained: the chain must not depend on what pretraining happened to learn
 QUICKSTART_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                         num_key_value_heads=2, max_position_embeddings=512)
 RL_TASK = "word-problems"
+
+
+def _parse(stage):
+    config = RECIPES / "chain" / f"{stage}.yaml"
+    return load_recipe(stage).make_parser().parse_args_and_config(["--config", str(config)])
+
+
+def test_chain_configs_parse_and_read_the_previous_stage():
+    pretrain_output = load_recipe("pretrain").make_parser().parse_args_and_config(
+        ["--config", str(RECIPES / "pretrain_quickstart.yaml")])[2].output_dir
+    (sft_script, sft, sft_model), (_, reward, reward_model), (_, dpo, dpo_model), (rl_script, rl, rl_model) = (
+        _parse(stage) for stage in ("sft", "reward", "dpo", "rlhf"))
+    assert sft_model.model_name_or_path == pretrain_output
+    assert reward_model.model_name_or_path == dpo_model.model_name_or_path == sft.output_dir
+    assert rl_model.model_name_or_path == dpo.output_dir
+    assert rl_script.reward_funcs and len(rl.reward_weights) == len(rl_script.reward_funcs)
+    assert sft_script.dataset_name == rl_script.dataset_name == "openllm:reasoning"
+    for stage in ("sft", "reward", "dpo", "rlhf"):
+        header = (RECIPES / "chain" / f"{stage}.yaml").read_text().splitlines()[:6]
+        assert any(f"recipes/{stage}.py --config recipes/chain/{stage}.yaml" in line for line in header)
+        assert any("CPU" in line for line in header)
 
 
 def _exact_match(folder, task, n=100) -> float:
@@ -37,6 +56,7 @@ def base(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_every_stage_improves_its_own_target(base, tmp_path):
     common = dict(disable_tqdm="true", save_strategy="no", answer_accuracy="false")
     sft, reward, dpo, rlhf = (tmp_path / name for name in ("sft", "reward", "dpo", "rlhf"))
