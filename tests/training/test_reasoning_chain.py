@@ -29,7 +29,7 @@ def test_chain_configs_parse_and_read_the_previous_stage():
     assert reward_model.model_name_or_path == dpo_model.model_name_or_path == sft.output_dir
     assert rl_model.model_name_or_path == dpo.output_dir
     assert rl_script.reward_funcs and len(rl.reward_weights) == len(rl_script.reward_funcs)
-    assert sft_script.dataset_name == rl_script.dataset_name == "openllm:reasoning"
+    assert sft_script.dataset_name == "openllm:reasoning" and rl_script.dataset_name == f"openllm:{RL_TASK}"
     for stage in ("sft", "reward", "dpo", "rlhf"):
         header = (RECIPES / "chain" / f"{stage}.yaml").read_text().splitlines()[:6]
         assert any(f"recipes/{stage}.py --config recipes/chain/{stage}.yaml" in line for line in header)
@@ -63,7 +63,8 @@ def test_every_stage_improves_its_own_target(base, tmp_path):
 
     run_recipe("sft", "chain/sft", model_name_or_path=base, output_dir=sft, **common)
     sft_match = {task: _exact_match(sft, task) for task in ("addition-cot", RL_TASK)}
-    assert max(sft_match.values()) >= 0.05, sft_match  # from 0: the untrained model writes no `####` line
+    assert _exact_match(base, RL_TASK) == 0.0  # the untrained model writes no `####` line
+    assert max(sft_match.values()) >= 0.03, sft_match
 
     summary, _ = run_recipe("reward", "chain/reward", model_name_or_path=sft, output_dir=reward, **common)
     assert summary["metrics"]["eval_accuracy"] >= summary["metrics"]["initial_eval_accuracy"] + 0.1
@@ -74,7 +75,6 @@ def test_every_stage_improves_its_own_target(base, tmp_path):
     dpo_match = _exact_match(dpo, RL_TASK)
     assert dpo_match >= sft_match[RL_TASK] - 0.03
 
-    summary, _ = run_recipe("rlhf", "chain/rlhf", model_name_or_path=dpo, output_dir=rlhf,
-                            dataset_name=f"openllm:{RL_TASK}", **common)
+    run_recipe("rlhf", "chain/rlhf", model_name_or_path=dpo, output_dir=rlhf, **common)
     rl_match = _exact_match(rlhf, RL_TASK)
     assert rl_match >= dpo_match + 0.10, json.dumps({"dpo": dpo_match, "rlhf": rl_match})
