@@ -119,10 +119,15 @@ def synthetic_dataset(name: str, stage: str, fmt: str | None = None, train_size:
     """DatasetDict(train, test) for `openllm:<task>` (`openllm:mix` = every task)."""
     from datasets import Dataset, DatasetDict
 
+    from .reasoning import MIX, is_reasoning_dataset, reasoning_dataset
+    from .reasoning import TASKS as REASONING
+
+    if is_reasoning_dataset(name):  # worked solutions with `#### answer` lines: openllm.data.reasoning
+        return reasoning_dataset(name, stage, fmt, train_size, test_size, seed)
     task = name[len(SYNTHETIC_PREFIX):]
     if task != "mix" and task not in TASKS:
         raise ValueError(f"Unknown synthetic dataset {name!r}. Choose from: "
-                         f"{', '.join(SYNTHETIC_PREFIX + t for t in ('mix',) + TASKS)}.")
+                         f"{', '.join(SYNTHETIC_PREFIX + t for t in ('mix',) + TASKS + (MIX,) + REASONING)}.")
     tasks = TASKS if task == "mix" else (task,)
     splits = {split: format_examples(make_task_examples(tasks, n, split, seed), stage, fmt or "conversational")
               for split, n in (("train", train_size), ("test", test_size))}
@@ -137,7 +142,12 @@ def answer_of(completion) -> str:
 
 
 def is_correct(completion, answer: str) -> bool:
-    return answer_of(completion) == str(answer).strip()
+    """The completion is the answer, or (worked solutions) its `#### answer` line is."""
+    from .reasoning import ANSWER_MARK
+    from .reasoning import is_correct as final_answer_is
+
+    return final_answer_is(completion, answer) if ANSWER_MARK in answer_of(completion) else \
+        answer_of(completion) == str(answer).strip()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -172,6 +182,9 @@ def load_post_dataset(name: str, stage: str, config: str | None = None, train_sp
         dataset = load_dataset(name, name=config)
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({train_split: dataset})
+    from .reasoning import convert_question_answer
+
+    dataset = convert_question_answer(dataset, stage, fmt=config)  # GSM8K-style `question` + `answer` (#### final)
     if train_split not in dataset:
         raise ValueError(f"{name} has no split {train_split!r} (it has {list(dataset)}): set `dataset_train_split`.")
     if test_split not in dataset:
