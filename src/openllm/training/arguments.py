@@ -196,6 +196,10 @@ class PostTrainArguments(ScriptArguments):
         default=True,
         metadata={"help": "When the test split has an `answer` column, also measure greedy exact-match accuracy "
                           "before and after training."})
+    answer_max_new_tokens: int = field(
+        default=8,
+        metadata={"help": "Tokens generated per test question for `answer_accuracy`; worked solutions ending in a "
+                          "`#### answer` line (openllm:reasoning, GSM8K) need about 64-256."})
     log_expert_load: bool = field(
         default=True, metadata={"help": "Log expert utilisation (`expert_load/*`) for Mixture-of-Experts models."})
 

@@ -176,7 +176,8 @@ def eval_answer_accuracy(trainer, script_args, eval_dataset) -> float | None:
     else:  # conversations: everything before the final assistant turn
         prompts = [m[:max(i for i, x in enumerate(m) if x["role"] == "assistant")] for m in eval_dataset["messages"]]
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    return round(answer_accuracy(trainer.model, tokenizer, prompts, eval_dataset["answer"]), 4)
+    return round(answer_accuracy(trainer.model, tokenizer, prompts, eval_dataset["answer"],
+                                 max_new_tokens=script_args.answer_max_new_tokens), 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
