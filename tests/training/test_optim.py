@@ -61,6 +61,14 @@ class CrashAt(TrainerCallback):
             raise RuntimeError(f"simulated crash at step {self.step}")
 
 
+class StepsSeen(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
     rng = random.Random(0)
     words = "the cat dog sees likes builds red blue box sky map road house apples".split()
@@ -83,8 +91,9 @@ def test_resume_from_checkpoint_gives_the_uninterrupted_weights(tmp_path):
         run("crash", callbacks=[CrashAt(6)])
     state = torch.load(tmp_path / "crash" / "checkpoint-4" / "optimizer.pt", weights_only=True)
     assert set(state) == {"muon", "adamw"} and state["muon"]["state"]  # Muon's momentum buffers were saved
-    resumed = run("crash")
-    assert resumed["training_args"]["resumed_from"] == str(tmp_path / "crash" / "checkpoint-4")
+    seen = StepsSeen()
+    run("crash", callbacks=[seen])
+    assert seen.steps == [5, 6, 7, 8]  # resumed from checkpoint-4, not trained again from the start
     expected, got = load_file(tmp_path / "full" / "model.safetensors"), load_file(
         tmp_path / "crash" / "model.safetensors")
     assert expected.keys() == got.keys()
