@@ -354,7 +354,14 @@ def test_continuous_batching_matches_generate():
     model = make_model(tiny_config(), "sdpa")
     prompts = [torch.randint(3, VOCAB, (n,)).tolist() for n in (5, 9, 3)]
     config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False)
+    # a small paged cache: by default it takes 90% of the free memory, about 15 GB of this machine's RAM
+    try:  # transformers 5
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        kwargs = {"continuous_batching_config": ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64)}
+    except ImportError:  # transformers 4.57
+        config.num_blocks, config.max_batch_tokens, kwargs = 16, 64, {}
+    results = model.generate_batch(inputs=prompts, generation_config=config, progress_bar=False, **kwargs)
     outputs = sorted(results.values(), key=lambda r: int(r.request_id.split("_")[-1]))
     for prompt, result in zip(prompts, outputs):
         expected = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=0,
