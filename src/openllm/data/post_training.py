@@ -87,8 +87,11 @@ def make_task_examples(tasks=TASKS, n: int = 1000, split: str = "train", seed: i
     return examples
 
 
-def format_examples(examples: list[dict], stage: str, fmt: str = "conversational") -> list[dict]:
-    """Turn task examples into the TRL format of `stage` ("sft", "dpo", "reward", "rlhf"), keeping `task`/`answer`."""
+def format_examples(examples: list[dict], stage: str, fmt: str = "conversational", chosen: str = "answer",
+                    rejected: str = "wrong", answer_lead: str = " ") -> list[dict]:
+    """Turn task examples into the TRL format of `stage` ("sft", "dpo", "reward", "rlhf"), keeping `task`/`answer`.
+    The assistant's reply is the example's `chosen` field, the rejected one its `rejected` field; `answer_lead`
+    follows "Answer:" in the standard (non-chat) format."""
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
     if fmt not in FORMATS:
@@ -97,17 +100,17 @@ def format_examples(examples: list[dict], stage: str, fmt: str = "conversational
     for ex in examples:
         if fmt == "conversational":
             prompt = [{"role": "user", "content": ex["prompt"]}]
-            chosen = [{"role": "assistant", "content": ex["answer"]}]
-            rejected = [{"role": "assistant", "content": ex["wrong"]}]
+            good = [{"role": "assistant", "content": ex[chosen]}]
+            bad = [{"role": "assistant", "content": ex[rejected]}]
         else:
-            prompt, chosen, rejected = f"Question: {ex['prompt']}\nAnswer: ", ex["answer"], ex["wrong"]
+            prompt, good, bad = f"Question: {ex['prompt']}\nAnswer:{answer_lead}", ex[chosen], ex[rejected]
         row = {"task": ex["task"], "answer": ex["answer"]}
         if stage == "sft" and fmt == "conversational":
-            row["messages"] = prompt + chosen
+            row["messages"] = prompt + good
         elif stage == "sft":
-            row.update(prompt=prompt, completion=chosen)
+            row.update(prompt=prompt, completion=good)
         elif stage in ("dpo", "reward"):
-            row.update(prompt=prompt, chosen=chosen, rejected=rejected)
+            row.update(prompt=prompt, chosen=good, rejected=bad)
         else:
             row["prompt"] = prompt
         rows.append(row)

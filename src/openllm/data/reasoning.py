@@ -37,7 +37,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .post_training import FORMATS, STAGES, answer_of
+from .post_training import FORMATS, answer_of, format_examples
 
 TASKS = ("addition-cot", "word-problems")
 MIX = "reasoning"
@@ -222,29 +222,7 @@ def convert_question_answer(dataset, stage: str, fmt: str | None = None):
 
 def format_reasoning(examples: list[dict], stage: str, fmt: str = "conversational") -> list[dict]:
     """Reasoning examples in the TRL format of `stage`, keeping `task` and `answer` for the rewards."""
-    if stage not in STAGES:
-        raise ValueError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
-    if fmt not in FORMATS:
-        raise ValueError(f"Unknown format {fmt!r}; choose from {', '.join(FORMATS)}.")
-    rows = []
-    for ex in examples:
-        if fmt == "conversational":
-            prompt = [{"role": "user", "content": ex["prompt"]}]
-            chosen = [{"role": "assistant", "content": ex["solution"]}]
-            rejected = [{"role": "assistant", "content": ex["wrong_solution"]}]
-        else:
-            prompt, chosen, rejected = f"Question: {ex['prompt']}\nAnswer:\n", ex["solution"], ex["wrong_solution"]
-        row = {"task": ex["task"], "answer": ex["answer"]}
-        if stage == "sft" and fmt == "conversational":
-            row["messages"] = prompt + chosen
-        elif stage == "sft":
-            row.update(prompt=prompt, completion=chosen)
-        elif stage in ("dpo", "reward"):
-            row.update(prompt=prompt, chosen=chosen, rejected=rejected)
-        else:
-            row["prompt"] = prompt
-        rows.append(row)
-    return rows
+    return format_examples(examples, stage, fmt, chosen="solution", rejected="wrong_solution", answer_lead="\n")
 
 
 def is_reasoning_dataset(name: str) -> bool:
