@@ -5,6 +5,7 @@ import random
 
 import pytest
 import torch
+from helpers.callbacks import CrashAt
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -50,15 +51,6 @@ def test_step_moves_every_parameter_and_scheduler_scales_both():
     assert {g["lr"] for g in optimizer.muon.param_groups + optimizer.adamw.param_groups} == {5e-3}
     with pytest.raises(ValueError, match="not saved by MuonWithAdamW"):
         optimizer.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
-
-
-class CrashAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
 
 
 class StepsSeen(TrainerCallback):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.callbacks import CrashAt
 from helpers.text import sentences
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openllm.data.tokenizer import train_tokenizer
 from openllm.training.arguments import DataArguments, ModelArguments, PretrainConfig, cpu_supports_bf16
@@ -75,15 +76,6 @@ def test_eval_loss_falls_and_summary_follows_the_contract(uninterrupted, workdir
     tokenizer = AutoTokenizer.from_pretrained(workdir / "full")
     assert (workdir / "full" / "modeling_openllm.py").exists() and model.config.use_cache
     assert model.config.vocab_size == len(tokenizer) == 300 and model.config.eos_token_id == tokenizer.eos_token_id
-
-
-class CrashAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise RuntimeError(f"simulated crash at step {self.step}")
 
 
 def test_resume_after_crash_is_exact(uninterrupted, workdir):
