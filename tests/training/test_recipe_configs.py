@@ -50,3 +50,30 @@ def test_command_line_overrides_config():
     _, training_args, _ = load_recipe("dpo").make_parser().parse_args_and_config(
         ["--config", str(RECIPES / "dpo_debug.yaml"), "--beta", "0.25"])
     assert training_args.beta == 0.25
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+# the CPU debug configs start from `python -m openllm.training.posttrain init-base`, not from a recipe
+GPU_CHAIN = [p for p in sorted(RECIPES.glob("*.yaml")) if _stage(p) in STAGES and "debug" not in p.stem]
+CHAIN = sorted((RECIPES / "chain").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", GPU_CHAIN + CHAIN, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_post_training_configs_read_what_another_recipe_writes(config):
+    """Each stage starts from another recipe's output_dir (or a Hub id), so the YAMLs form one chain, and keeps the
+    tokenizer of the model it starts from, the pretraining tokenizer."""
+    outputs = {_yaml(p).get("output_dir") for p in RECIPES.rglob("*.yaml") if p.parent.name != "accelerate_configs"}
+    values = _yaml(config)
+    for key in ("model_name_or_path", "reward_model_name_or_path"):
+        source = values.get(key)
+        if source is None:
+            continue
+        is_hub_id = not source.startswith(("outputs/", "./", "/")) and source.count("/") == 1
+        assert source in outputs or is_hub_id, f"{config.name}: {key}={source!r} is written by no recipe"
+        assert source != values["output_dir"]
+    assert values.get("tokenizer_name_or_path") in (None, values["model_name_or_path"]), config.name
