@@ -53,7 +53,7 @@ install-compat: $(VENV_COMPAT)/bin/python
 quickstart: install
 	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml
 
-test:
+test: install-browser
 	$(BIN)/python -m pytest -m "not slow and not onnx" -q
 
 # the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
