@@ -57,9 +57,27 @@ def _reverse(rng: random.Random) -> tuple[str, str, str]:
 _TASK_FUNCTIONS = {"addition": _addition, "parity": _parity, "reverse": _reverse}
 
 
-def _is_held_out(prompt: str, test_fraction: float) -> bool:
+def is_held_out(key: str, test_fraction: float) -> bool:
     # a stable hash of the question decides its split, so test questions never appear in training
-    return (zlib.crc32(prompt.encode()) % 1000) < test_fraction * 1000
+    return (zlib.crc32(key.encode()) % 1000) < test_fraction * 1000
+
+
+def draw_split(draw, tasks, n: int, split: str, rng, test_fraction: float, kind: str = "synthetic task") -> list[dict]:
+    """`n` examples of `split` cycling through `tasks`: `draw(task, rng) -> (key, example)` makes one, and the hash of
+    `key` decides whether it belongs to the test split; draws of the other split are skipped."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    examples, attempts = [], 0
+    while len(examples) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise RuntimeError(f"Could not draw {n} {split} examples for {kind}s {list(tasks)}: the task space is too "
+                               "small for that many held-out questions; ask for fewer.")
+        task = tasks[len(examples) % len(tasks)]
+        key, example = draw(task, rng)
+        if is_held_out(key, test_fraction) == (split == "test"):
+            examples.append(example)
+    return examples
 
 
 def make_task_examples(tasks=TASKS, n: int = 1000, split: str = "train", seed: int = 0,
@@ -71,20 +89,12 @@ def make_task_examples(tasks=TASKS, n: int = 1000, split: str = "train", seed: i
     unknown = [t for t in tasks if t not in _TASK_FUNCTIONS]
     if unknown:
         raise ValueError(f"Unknown synthetic task(s) {unknown}. Choose from: {', '.join(TASKS)}.")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    rng = random.Random(f"{seed}-{split}")
-    examples, attempts = [], 0
-    while len(examples) < n:
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise RuntimeError(f"Could not draw {n} {split} examples for tasks {list(tasks)}: the task space is too "
-                               "small for that many held-out questions; ask for fewer.")
-        task = tasks[len(examples) % len(tasks)]
+
+    def draw(task, rng):
         prompt, answer, wrong = _TASK_FUNCTIONS[task](rng)
-        if _is_held_out(prompt, test_fraction) == (split == "test"):
-            examples.append({"task": task, "prompt": prompt, "answer": answer, "wrong": wrong})
-    return examples
+        return prompt, {"task": task, "prompt": prompt, "answer": answer, "wrong": wrong}
+
+    return draw_split(draw, tasks, n, split, random.Random(f"{seed}-{split}"), test_fraction)
 
 
 def format_examples(examples: list[dict], stage: str, fmt: str = "conversational", chosen: str = "answer",

@@ -33,11 +33,10 @@ import json
 import operator
 import random
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .post_training import FORMATS, answer_of, format_examples
+from .post_training import FORMATS, answer_of, draw_split, format_examples
 
 TASKS = ("addition-cot", "word-problems")
 MIX = "reasoning"
@@ -46,10 +45,6 @@ ANSWER_MARK = "####"
 # ---------------------------------------------------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _held_out(key: str, test_fraction: float) -> bool:
-    return (zlib.crc32(key.encode()) % 1000) < test_fraction * 1000
 
 
 def addition_solution(a: int, b: int, slip: int | None = None) -> str:
@@ -152,20 +147,14 @@ def make_reasoning_examples(tasks=TASKS, n: int = 1000, split: str = "train", se
     unknown = [t for t in tasks if t not in _TASK_FUNCTIONS]
     if unknown:
         raise ValueError(f"Unknown reasoning task(s) {unknown}. Choose from: {', '.join(TASKS)}.")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    rng = random.Random(f"reasoning-{seed}-{split}")
-    examples, attempts = [], 0
-    while len(examples) < n:
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise RuntimeError(f"Could not draw {n} {split} examples for {list(tasks)}; ask for fewer.")
-        task = tasks[len(examples) % len(tasks)]
+
+    def draw(task, rng):
         key, prompt, solution, wrong = _TASK_FUNCTIONS[task](rng)
-        if _held_out(f"{task}:{key}", test_fraction) == (split == "test"):
-            examples.append({"task": task, "prompt": prompt, "solution": solution,
-                             "answer": final_answer(solution), "wrong_solution": wrong})
-    return examples
+        return f"{task}:{key}", {"task": task, "prompt": prompt, "solution": solution,
+                                 "answer": final_answer(solution), "wrong_solution": wrong}
+
+    return draw_split(draw, tasks, n, split, random.Random(f"reasoning-{seed}-{split}"), test_fraction,
+                      kind="reasoning task")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
