@@ -99,5 +99,6 @@ def test_reward_registry():
     assert REWARD_FUNCS["accuracy"](completions, answer=["12", "12"]) == [1.0, 0.0]
     assert REWARD_FUNCS["closeness"](completions, answer=["12", "12"]) == [1.0, 0.5]
     assert REWARD_FUNCS["digits"](["12", "ab"]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="Unknown reward function.*'acuracy'.*Valid names: accuracy, closeness"):
+    with pytest.raises(ValueError, match="Unknown reward function.*'acuracy'.*Valid names: accuracy, "
+                                         "verified_accuracy, closeness"):
         get_reward_funcs(["accuracy", "acuracy"])

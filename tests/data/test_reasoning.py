@@ -13,6 +13,8 @@ from openllm.data.reasoning import (
     check_solution,
     final_answer,
     from_question_answer,
+    is_grounded,
+    is_verified,
     make_reasoning_examples,
     word_problem_solution,
 )
@@ -55,6 +57,40 @@ def test_every_task_solution_is_right_and_every_rejected_one_wrong():
         # one slip, carried through: exactly one inconsistent step and a wrong final answer
         assert wrong.steps - wrong.consistent == 1 and wrong.answer != ex["answer"]
     assert {ex["task"] for ex in examples} == set(TASKS)
+
+
+def test_verified_means_right_answer_by_checked_steps_on_the_questions_numbers():
+    question = "Ada has 12 apples, gets 5 more and gives away 4. How many apples does Ada have now?"
+    solution = "12 + 5 = 17\n17 - 4 = 13\n#### 13"
+    assert is_grounded(question, solution) and is_verified(question, solution, "13")
+    guess = "#### 13"                                      # right answer, no work
+    own_numbers = "10 + 3 = 13\n#### 13"                    # tidy arithmetic on numbers the question never states
+    slip = "12 + 5 = 17\n17 - 4 = 12\n#### 13"              # a step that does not hold
+    for completion in (guess, own_numbers, slip):
+        assert is_correct(completion, "13") and not is_verified(question, completion, "13")
+    assert not is_grounded(question, own_numbers)
+    addition = "What is 57 + 68?"
+    assert is_verified(addition, addition_solution(57, 68), "125")
+    assert not is_grounded(addition, addition_solution(59, 66))  # same sum, other digits
+    examples = make_reasoning_examples(TASKS, 200, "test")
+    assert all(is_verified(ex["prompt"], ex["solution"], ex["answer"]) for ex in examples)
+    assert not any(is_verified(ex["prompt"], ex["wrong_solution"], ex["answer"]) for ex in examples)
+
+
+def test_terse_fraction_gives_some_answers_alone_in_every_stage_and_only_for_reasoning_data():
+    examples = make_reasoning_examples(TASKS, 400, "train", terse_fraction=0.5)
+    terse = [ex for ex in examples if "\n" not in ex["solution"]]
+    assert 0.4 < len(terse) / len(examples) < 0.6
+    for ex in terse:  # the answer line alone, and a wrong answer line for the rejected side
+        assert ex["solution"] == f"#### {ex['answer']}" and final_answer(ex["wrong_solution"]) != ex["answer"]
+        assert "\n" not in ex["wrong_solution"]
+    sft = load_post_dataset("openllm:reasoning", "sft", terse_fraction=0.5)["train"]
+    assert any(row["messages"][-1]["content"].startswith("####") for row in sft)
+    with pytest.raises(ValueError, match=r"terse_fraction=0.5 applies to the synthetic reasoning data .* not to "
+                                         r"openllm:mix: set terse_fraction: 0"):
+        load_post_dataset("openllm:mix", "sft", terse_fraction=0.5)
+    with pytest.raises(ValueError, match="terse_fraction must be between 0 and 1"):
+        make_reasoning_examples(TASKS, 4, terse_fraction=2)
 
 
 def test_word_problem_steps_chain_their_results():

@@ -56,10 +56,17 @@ def test_closeness_uses_the_answer_line_when_there_is_one():
     assert _rewards("closeness", ["524 maybe"]) == [0.5]  # plain answers keep their old behaviour
 
 
+def test_verified_accuracy_pays_for_solving_not_for_guessing():
+    question = [{"role": "user", "content": "What is 457 + 68?"}]  # prompts arrive as chat messages from TRL
+    completions = [RIGHT, BARE, addition_solution(459, 66), WRONG_LINE, SLIP]
+    assert REWARD_FUNCS["verified_accuracy"]([question] * 5, completions, answer=["525"] * 5) == [1, 0, 0, 0, 0]
+    assert _rewards("accuracy", completions) == [1, 1, 1, 0, 0]  # plain accuracy pays the guess and the wrong digits
+
+
 def test_get_reward_funcs_by_name_and_clear_error():
     assert get_reward_funcs(["accuracy", "reasoning_format"]) == [REWARD_FUNCS["accuracy"],
                                                                   REWARD_FUNCS["reasoning_format"]]
     assert get_reward_funcs("answer_digits") == [REWARD_FUNCS["answer_digits"]]
-    with pytest.raises(ValueError, match=r"Unknown reward function\(s\) \['format'\]\. Valid names: accuracy, "
-                                         r"closeness, answer_digits, reasoning_format"):
+    with pytest.raises(ValueError, match=r"Unknown reward function\(s\) \[.format.\]\. Valid names: accuracy, "
+                                         r"verified_accuracy, closeness, answer_digits, reasoning_format"):
         get_reward_funcs(["accuracy", "format"])

@@ -128,15 +128,16 @@ def format_examples(examples: list[dict], stage: str, fmt: str = "conversational
 
 
 def synthetic_dataset(name: str, stage: str, fmt: str | None = None, train_size: int = 4000, test_size: int = 200,
-                      seed: int = 0):
-    """DatasetDict(train, test) for `openllm:<task>` (`openllm:mix` = every task)."""
+                      seed: int = 0, terse_fraction: float = 0.0):
+    """DatasetDict(train, test) for `openllm:<task>` (`openllm:mix` = every task); `terse_fraction` applies to the
+    reasoning tasks (`openllm.data.reasoning`)."""
     from datasets import Dataset, DatasetDict
 
     from .reasoning import MIX, is_reasoning_dataset, reasoning_dataset
     from .reasoning import TASKS as REASONING
 
     if is_reasoning_dataset(name):  # worked solutions with `#### answer` lines: openllm.data.reasoning
-        return reasoning_dataset(name, stage, fmt, train_size, test_size, seed)
+        return reasoning_dataset(name, stage, fmt, train_size, test_size, seed, terse_fraction)
     task = name[len(SYNTHETIC_PREFIX):]
     if task != "mix" and task not in TASKS:
         raise ValueError(f"Unknown synthetic dataset {name!r}. Choose from: "
@@ -169,14 +170,21 @@ def is_correct(completion, answer: str) -> bool:
 
 
 def load_post_dataset(name: str, stage: str, config: str | None = None, train_split: str = "train",
-                      test_split: str = "test", test_size: float = 0.05, seed: int = 0):
-    """DatasetDict with `train_split` (and `test_split`, split off the training data when missing) for `stage`."""
+                      test_split: str = "test", test_size: float = 0.05, seed: int = 0, terse_fraction: float = 0.0):
+    """DatasetDict with `train_split` (and `test_split`, split off the training data when missing) for `stage`.
+    `terse_fraction`: see `openllm.data.reasoning.make_reasoning_examples` (synthetic reasoning data only)."""
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if not name:
         raise ValueError("No dataset given: set `dataset_name` to a Hub id, a local file/folder, or `openllm:mix`.")
+    from .reasoning import is_reasoning_dataset
+
+    if terse_fraction and not is_reasoning_dataset(name):
+        raise ValueError(f"terse_fraction={terse_fraction} applies to the synthetic reasoning data "
+                         f"(openllm:reasoning, openllm:addition-cot, openllm:word-problems), not to {name}: set "
+                         f"terse_fraction: 0.")
     if name.startswith(SYNTHETIC_PREFIX):
-        dataset = synthetic_dataset(name, stage, fmt=config)
+        dataset = synthetic_dataset(name, stage, fmt=config, terse_fraction=terse_fraction)
     elif Path(name).exists():
         path = Path(name)
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():

@@ -71,7 +71,7 @@ def addition_solution(a: int, b: int, slip: int | None = None) -> str:
     return "\n".join(lines + [f"{ANSWER_MARK} {answer}"])
 
 
-def _addition(rng: random.Random, min_digits: int = 2, max_digits: int = 3):
+def _addition(rng: random.Random, min_digits: int = 2, max_digits: int = 2):
     def number():
         digits = rng.randint(min_digits, max_digits)
         return rng.randint(10 ** (digits - 1), 10 ** digits - 1)
@@ -94,24 +94,24 @@ def _word_problem(rng: random.Random):
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     kind = rng.randrange(4)
     if kind == 0:
-        a, b = rng.randint(5, 40), rng.randint(2, 30)
+        a, b = rng.randint(2, 20), rng.randint(2, 9)
         c = rng.randint(1, a + b - 1)
         question = f"{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} does {name} have now?"
         steps = [(a, "+", b), (None, "-", c)]
     elif kind == 1:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
         c = rng.randint(1, a * b - 1)
         question = (f"{name} buys {a} bags with {b} {item} in each and loses {c} of them. How many {item} does "
                     f"{name} have left?")
         steps = [(a, "*", b), (None, "-", c)]
     elif kind == 2:
-        b, q = rng.randint(2, 9), rng.randint(2, 9)
-        c = rng.randint(1, 20)
+        b, q = rng.randint(2, 5), rng.randint(2, 5)
+        c = rng.randint(1, 9)
         question = (f"{name} shares {b * q} {item} equally among {b} friends. One friend then finds {c} more. How "
                     f"many {item} does that friend have?")
         steps = [(b * q, "/", b), (None, "+", c)]
     else:
-        a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 20)
+        a, b, c = rng.randint(2, 5), rng.randint(2, 5), rng.randint(2, 9)
         d = rng.randint(1, a * b + c - 1)
         question = (f"{name} has {a} boxes of {b} {item}, buys {c} more and gives {d} to a friend. How many {item} "
                     f"does {name} have now?")
@@ -141,15 +141,23 @@ _TASK_FUNCTIONS = {"addition-cot": _addition, "word-problems": _word_problems}
 
 
 def make_reasoning_examples(tasks=TASKS, n: int = 1000, split: str = "train", seed: int = 0,
-                            test_fraction: float = 0.1) -> list[dict]:
+                            test_fraction: float = 0.1, terse_fraction: float = 0.0) -> list[dict]:
     """`n` examples {task, prompt, solution, answer, wrong_solution} cycling through `tasks`. A question's split is
-    decided by a hash of its numbers, so no test problem appears in training under other names or wording."""
+    decided by a hash of its numbers, so no test problem appears in training under other names or wording.
+    `terse_fraction` of the examples give the answer line alone (`#### 525`, and a wrong one for `wrong_solution`),
+    as much real instruction data does: a model trained on both styles answers either way, and which way pays off
+    is what RL on verified answers finds (`recipes/chain/`)."""
     unknown = [t for t in tasks if t not in _TASK_FUNCTIONS]
     if unknown:
         raise ValueError(f"Unknown reasoning task(s) {unknown}. Choose from: {', '.join(TASKS)}.")
 
+    if not 0 <= terse_fraction <= 1:
+        raise ValueError(f"terse_fraction must be between 0 and 1, got {terse_fraction}.")
+
     def draw(task, rng):
         key, prompt, solution, wrong = _TASK_FUNCTIONS[task](rng)
+        if terse_fraction and rng.random() < terse_fraction:
+            solution, wrong = solution.splitlines()[-1], wrong.splitlines()[-1]
         return f"{task}:{key}", {"task": task, "prompt": prompt, "solution": solution,
                                  "answer": final_answer(solution), "wrong_solution": wrong}
 
@@ -221,8 +229,9 @@ def is_reasoning_dataset(name: str) -> bool:
 
 
 def reasoning_dataset(name: str, stage: str, fmt: str | None = None, train_size: int = 4000, test_size: int = 200,
-                      seed: int = 0):
-    """DatasetDict(train, test) for `openllm:<task>` (`openllm:reasoning` = every reasoning task)."""
+                      seed: int = 0, terse_fraction: float = 0.0):
+    """DatasetDict(train, test) for `openllm:<task>` (`openllm:reasoning` = every reasoning task); see
+    `make_reasoning_examples` for `terse_fraction`."""
     from datasets import Dataset, DatasetDict
 
     from .post_training import SYNTHETIC_PREFIX
@@ -230,8 +239,9 @@ def reasoning_dataset(name: str, stage: str, fmt: str | None = None, train_size:
     task = name[len(SYNTHETIC_PREFIX):]
     tasks = TASKS if task == MIX else (task,)
     return DatasetDict({
-        split: Dataset.from_list(format_reasoning(make_reasoning_examples(tasks, n, split, seed), stage,
-                                                  fmt or "conversational"))
+        split: Dataset.from_list(format_reasoning(
+            make_reasoning_examples(tasks, n, split, seed, terse_fraction=terse_fraction), stage,
+            fmt or "conversational"))
         for split, n in (("train", train_size), ("test", test_size))
     })
 
@@ -360,6 +370,44 @@ def check_solution(completion) -> SolutionCheck:
     elif check.answer_lines > 1:
         check.problems.append(f"{check.answer_lines} answer lines; give one")
     return check
+
+
+def question_numbers(question) -> list[str]:
+    """The numbers a question states, normalized (`1,200` → `1200`), in order."""
+    if isinstance(question, list):  # chat messages: the last user turn
+        question = next((m["content"] for m in reversed(question) if m.get("role") == "user"), "")
+    return [normalize_answer(n) for n in re.findall(_NUMBER, str(question))]
+
+
+def is_grounded(question, completion) -> bool:
+    """Every step works on the question's numbers: an equation's operands are numbers the question states or results
+    of earlier steps, and a column-addition step adds the digits of the question's two numbers in that column. A
+    solution that guesses an answer, or computes tidily with numbers of its own, is not grounded."""
+    numbers = question_numbers(question)
+    known, column = set(numbers), 0
+    operands = numbers[-2:] if len(numbers) >= 2 else numbers
+    for line in answer_of(completion).splitlines():
+        line = line.strip()
+        if _COLUMN.match(line):
+            x, y = _COLUMN.match(line).groups()[:2]
+            digits = [n.lstrip("-")[::-1] for n in operands]
+            expected = [int(d[column]) if column < len(d) else 0 for d in digits]
+            if sorted(expected) != sorted((int(x), int(y))):
+                return False
+            column += 1
+            continue
+        for left, right in _EQUATION.findall(line):
+            used = [normalize_answer(n) for n in re.findall(_NUMBER, left.replace("$", ""))]
+            if any(n not in known for n in used):
+                return False
+            known.add(normalize_answer(right))
+    return True
+
+
+def is_verified(question, completion, answer) -> bool:
+    """Right `####` answer, reached by grounded steps that all hold (see `check_solution`, `is_grounded`)."""
+    return is_correct(completion, answer) and check_solution(completion).well_formed and \
+        is_grounded(question, completion)
 
 
 def is_correct(completion, answer) -> bool:

@@ -200,6 +200,10 @@ class PostTrainArguments(ScriptArguments):
         default=8,
         metadata={"help": "Tokens generated per test question for `answer_accuracy`; worked solutions ending in a "
                           "`#### answer` line (openllm:reasoning, GSM8K) need about 64-256."})
+    terse_fraction: float = field(
+        default=0.0,
+        metadata={"help": "openllm:reasoning data only: share of examples that give the `#### answer` line alone "
+                          "instead of a worked solution (see openllm.data.reasoning)."})
     log_expert_load: bool = field(
         default=True, metadata={"help": "Log expert utilisation (`expert_load/*`) for Mixture-of-Experts models."})
 

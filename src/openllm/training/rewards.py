@@ -10,7 +10,7 @@ Worked solutions (`openllm.data.reasoning`, GSM8K) end in a `#### <answer>` line
 import re
 
 from ..data.post_training import answer_of
-from ..data.reasoning import ANSWER_MARK, check_solution, final_answer, normalize_answer
+from ..data.reasoning import ANSWER_MARK, check_solution, final_answer, is_verified, normalize_answer
 
 _NUMBER = re.compile(r"-?\d+")
 
@@ -25,6 +25,14 @@ def accuracy(completions, answer, **kwargs) -> list[float]:
     """1.0 when the completion (or its `####` answer line) is exactly the reference `answer` column, else 0.0."""
     return [float(normalize_answer(_answer(c)) == normalize_answer(str(a))) if _answer(c) else 0.0
             for c, a in zip(completions, answer)]
+
+
+def verified_accuracy(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 for the right `####` answer reached by steps that all hold and work on the question's own numbers, else
+    0.0. Where answers cluster (small word problems: a handful of values cover most questions), plain `accuracy` pays
+    a policy for always writing the commonest answer, and RL learns exactly that; this reward pays only for
+    solving."""
+    return [float(is_verified(p, c, a)) for p, c, a in zip(prompts, completions, answer)]
 
 
 def closeness(completions, answer, **kwargs) -> list[float]:
@@ -92,6 +100,7 @@ def digits(completions, **kwargs) -> list[float]:
 
 REWARD_FUNCS = {
     "accuracy": accuracy,
+    "verified_accuracy": verified_accuracy,
     "closeness": closeness,
     "answer_digits": answer_digits,
     "reasoning_format": reasoning_format,
