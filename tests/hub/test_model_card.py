@@ -105,6 +105,20 @@ def test_stage_templates(tmp_path, tiny_model_dir, stage, expected):
     assert ModelCard.load(folder / "README.md").data.base_model == "someone/openllm-tiny"
 
 
+def test_card_says_what_the_stage_changed_before_and_after(tmp_path, tiny_model_dir):
+    folder = tmp_path / "openllm-tiny-sft"
+    shutil.copytree(tiny_model_dir, folder)
+    metrics = {"initial_eval_loss": 5.7392, "eval_loss": 0.1703, "initial_eval_answer_accuracy": 0.0,
+               "eval_answer_accuracy": 0.43, "train_loss": 0.5, "initial_reward": None}
+    (folder / "training_summary.json").write_text(json.dumps(summary("sft", metrics=metrics)))
+    text = write_model_card(folder).read_text()
+    table = text.split("What this stage changed")[1].split("\n\n")[1]
+    assert table.splitlines()[2:] == ["| `eval_loss` | 5.7392 | 0.1703 |",
+                                      "| `eval_answer_accuracy` | 0.0000 | 0.4300 |"]
+    (folder / "training_summary.json").write_text(json.dumps(summary("sft")))  # nothing measured before
+    assert "What this stage changed" not in write_model_card(folder).read_text()
+
+
 def test_card_errors_are_clear(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         write_model_card(tmp_path)

@@ -28,5 +28,27 @@ def test_dpo_raises_preference_accuracy_and_margin(tmp_path, tiny_base, pairs, l
     assert m["initial_eval_rewards/margins"] == 0 and m["initial_eval_rewards/accuracies"] == 0
     assert m["eval_rewards/accuracies"] >= 0.8 and m["eval_rewards/margins"] > 0.1
     assert m["eval_loss"] < m["initial_eval_loss"]
+    # the policy's own preference (chosen likelier than rejected), measured without the reference, rises too
+    assert m["eval_preference_accuracy"] > m["initial_eval_preference_accuracy"], m
     # TRL's reference: a frozen copy for full DPO, the adapter switched off for LoRA
     assert (trainer.ref_model is None) == lora
+
+
+def test_completion_logprobs_ignore_padding_and_the_prompt(tiny_base):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openllm.training.posttrain import completion_logprobs
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    prompts = [[{"role": "user", "content": "What is 2 + 3?"}], [{"role": "user", "content": "Reverse abcdef."}]]
+    completions = [[{"role": "assistant", "content": "5"}], [{"role": "assistant", "content": "fedcba, done"}]]
+    batched = completion_logprobs(model, tokenizer, prompts, completions)
+    for prompt, completion, score in zip(prompts, completions, batched):  # one at a time: no padding at all
+        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(tokenizer.apply_chat_template(prompt + completion, tokenize=False), return_tensors="pt",
+                        add_special_tokens=False)["input_ids"]
+        start = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logps = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        assert score == pytest.approx(logps[start - 1:].sum().item(), abs=1e-4)

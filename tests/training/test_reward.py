@@ -40,3 +40,14 @@ def test_reward_model_starts_from_the_causal_lm_decoder(tiny_base):
     for name in set(base) - {"lm_head.weight"}:
         assert torch.equal(decoder[name], base[name]), name
     assert type(model).__name__ == "OpenLLMForSequenceClassification" and model.score.out_features == 1
+
+
+def test_the_new_score_head_starts_the_same_in_every_run_with_the_same_seed(tmp_path, tiny_base):
+    heads = []
+    for run in ("a", "b", "c"):
+        seed = 1 if run == "c" else 0
+        run_recipe("reward", "reward_debug", model_name_or_path=tiny_base, output_dir=tmp_path / run,
+                   dataset_name="openllm:parity", max_steps=1, learning_rate=1e-9, max_train_samples=8,
+                   max_eval_samples=8, answer_accuracy="false", seed=seed)
+        heads.append(load_file(tmp_path / run / "model.safetensors")["score.weight"])
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])

@@ -204,6 +204,17 @@ DEFAULT_LIMITATIONS = (
 )
 
 
+def before_and_after(metrics: dict) -> list[dict]:
+    """Every held-out metric the run measured both before (`initial_<name>`) and after training."""
+    changes = []
+    for key, before in metrics.items():
+        name = key[len("initial_"):]
+        after = metrics.get(name)
+        if key.startswith("initial_") and isinstance(before, (int, float)) and isinstance(after, (int, float)):
+            changes.append({"metric": name, "before": before, "after": after})
+    return changes
+
+
 def build_context(folder, **overrides) -> dict:
     """Everything the templates see; any key can be overridden (see `model_cards/README.md`)."""
     folder = Path(folder)
@@ -232,6 +243,7 @@ def build_context(folder, **overrides) -> dict:
         "data": summary.get("data") or {},
         "training_args": summary.get("training_args") or {},
         "training_metrics": summary.get("metrics") or {},
+        "changes": before_and_after(summary.get("metrics") or {}),
         "hardware": summary.get("hardware"),
         "train_runtime_s": summary.get("train_runtime_s"),
         "curve": None,

@@ -123,7 +123,8 @@ def load_stage_dataset(script_args, stage: str, seed: int = 0):
     from ..data.post_training import check_dataset, load_post_dataset
 
     dataset = load_post_dataset(script_args.dataset_name, stage, script_args.dataset_config,
-                                script_args.dataset_train_split, script_args.dataset_test_split, seed=seed)
+                                script_args.dataset_train_split, script_args.dataset_test_split, seed=seed,
+                                terse_fraction=script_args.terse_fraction)
     train, test = dataset[script_args.dataset_train_split], dataset[script_args.dataset_test_split]
     if script_args.max_train_samples:
         train = train.select(range(min(script_args.max_train_samples, len(train))))
@@ -168,6 +169,53 @@ def answer_accuracy(model, tokenizer, prompts, answers, max_new_tokens: int = 8,
     return correct / max(len(texts), 1)
 
 
+def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> list[float]:
+    """Summed log-probability of each completion after its prompt (strings, or chat messages through the chat
+    template), the tokens of the completion only."""
+    import torch
+
+    def text(prompt, completion):
+        if isinstance(prompt, list):
+            return (tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                    tokenizer.apply_chat_template(prompt + completion, tokenize=False))
+        return prompt, prompt + completion
+
+    pairs = [text(p, c) for p, c in zip(prompts, completions)]
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            batch = tokenizer([full for _, full in chunk], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            starts = [len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) for prompt, _ in chunk]
+            with torch.no_grad():
+                logits = model(**batch).logits[:, :-1].float()
+            token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+            positions = torch.arange(token_logps.shape[1], device=token_logps.device)[None]
+            mask = (positions >= torch.tensor(starts, device=positions.device)[:, None] - 1) & \
+                batch["attention_mask"][:, 1:].bool()
+            scores += (token_logps * mask).sum(-1).tolist()
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return scores
+
+
+def eval_preference_accuracy(trainer, eval_dataset) -> float | None:
+    """Share of held-out pairs whose chosen completion the model itself finds likelier than the rejected one. (TRL's
+    `rewards/accuracies` compares against the reference model instead, so it is 0 before DPO by construction.)"""
+    if eval_dataset is None or not {"chosen", "rejected"} <= set(eval_dataset.column_names):
+        return None
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    prompts = eval_dataset["prompt"] if "prompt" in eval_dataset.column_names else [""] * len(eval_dataset)
+    chosen = completion_logprobs(trainer.model, tokenizer, prompts, eval_dataset["chosen"])
+    rejected = completion_logprobs(trainer.model, tokenizer, prompts, eval_dataset["rejected"])
+    return round(sum(c > r for c, r in zip(chosen, rejected)) / len(chosen), 4)
+
+
 def eval_answer_accuracy(trainer, script_args, eval_dataset) -> float | None:
     if not script_args.answer_accuracy or eval_dataset is None or "answer" not in eval_dataset.column_names:
         return None
@@ -193,6 +241,9 @@ def measure(trainer, stage: str, script_args, eval_dataset, prefix: str = "") ->
     accuracy = eval_answer_accuracy(trainer, script_args, eval_dataset)
     if accuracy is not None:
         metrics[f"{prefix}eval_answer_accuracy"] = accuracy
+    preference = eval_preference_accuracy(trainer, eval_dataset) if stage == "dpo" else None
+    if preference is not None:
+        metrics[f"{prefix}eval_preference_accuracy"] = preference
     if f"{prefix}eval_loss" in metrics and stage == "sft":
         metrics[f"{prefix}perplexity"] = round(math.exp(min(metrics[f"{prefix}eval_loss"], 50)), 4)
     return metrics
@@ -205,10 +256,8 @@ def train_and_finish(trainer, stage: str, script_args, training_args, model_args
     stage metrics after training. Returns the summary."""
     trainer.log_expert_load = script_args.log_expert_load
     checkpoint = run.resolve_checkpoint(training_args)
-    initial = run.read_run_state(checkpoint).get("initial_metrics") if checkpoint else None
-    if initial is None:  # measured once, then carried by every checkpoint, so a resumed run reports the same
-        initial = measure(trainer, stage, script_args, eval_dataset, prefix="initial_")
-    trainer.run_state["initial_metrics"] = initial
+    initial = run.initial_metrics(trainer, checkpoint,
+                                  lambda: measure(trainer, stage, script_args, eval_dataset, prefix="initial_"))
 
     train_output = run.train(trainer, checkpoint)
     metrics = {**initial, **{k: v for k, v in run.numbers(train_output.metrics).items() if k.startswith("train_")}}

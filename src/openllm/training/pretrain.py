@@ -178,6 +178,16 @@ def final_metrics(trainer, train_output, eval_blocks, num_parameters: int) -> di
     return metrics
 
 
+def metrics_before_training(trainer, eval_blocks) -> dict:
+    """Held-out loss, perplexity and bits per byte of the model before training (`initial_*`)."""
+    if eval_blocks is None:
+        return {}
+    measured = trainer.evaluate()
+    names = {"eval_loss": "initial_eval_loss", "eval_perplexity": "initial_perplexity",
+             "eval_bits_per_byte": "initial_bits_per_byte"}
+    return {names[k]: round(v, 4) for k, v in measured.items() if k in names}
+
+
 def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig):
     """`extras` for `run.save_final`: score held-out documents into `folder/eval_results.json` (with samples and a
     reliability diagram), which the model card then reports."""
@@ -203,13 +213,12 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
              callbacks: Optional[list] = None) -> dict:
     """Pretrain a model as the arguments say and return the training summary (also written to
     `output_dir/training_summary.json`). A finished `output_dir` is reported and returned unchanged."""
-    from transformers import DataCollatorForLanguageModeling, set_seed
+    from transformers import DataCollatorForLanguageModeling
 
     run.setup(training_args)
     finished = run.prepare_output_dir(training_args)
     if finished is not None:
         return finished
-    set_seed(training_args.seed)
     output_dir = training_args.output_dir
 
     # Model configuration: checked before minutes of data processing, not after
@@ -251,8 +260,9 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
     checkpoint = run.resolve_checkpoint(training_args)
+    initial = run.initial_metrics(trainer, checkpoint, lambda: metrics_before_training(trainer, eval_blocks))
     train_output = run.train(trainer, checkpoint)
-    metrics = final_metrics(trainer, train_output, eval_blocks, n_params)
+    metrics = {**initial, **final_metrics(trainer, train_output, eval_blocks, n_params)}
     model.config.use_cache = True
     summary = run.training_summary(
         trainer, "pretrain", training_args, train_output, base_model=model_args.model_name_or_path,

@@ -48,9 +48,11 @@ SUMMARY_MODEL_ARGS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_
 
 def setup(training_args) -> None:
     """Logging (openllm's INFO lines on the main process, warnings only on the others; transformers at the Trainer's
-    level), and a check that the launcher's request for FSDP is honoured."""
+    level), a check that the launcher's request for FSDP is honoured, and the seed: what is built before the Trainer
+    seeds itself (a fresh model, a reward model's new score head, LoRA weights) starts the same in every run."""
     import transformers
 
+    transformers.set_seed(training_args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("openllm").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -189,6 +191,16 @@ def read_run_state(checkpoint, rank: int = 0) -> dict:
         return {}
     path = Path(checkpoint) / RUN_STATE.format(rank=rank)
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def initial_metrics(trainer, checkpoint, measure: Callable[[], dict]) -> dict:
+    """The held-out metrics before training: measured once (`measure()`), then carried by every checkpoint, so a
+    resumed run reports the same `initial_*` numbers as one that never stopped."""
+    initial = read_run_state(checkpoint).get("initial_metrics") if checkpoint else None
+    if initial is None:
+        initial = measure()
+    trainer.run_state["initial_metrics"] = initial
+    return initial
 
 
 # ---------------------------------------------------------------------------------------------------------------------
