@@ -1,6 +1,7 @@
 # OpenLLM — set up, train, test, benchmark.
 #   make install      virtualenv in .venv with torch (CPU wheel when no GPU) and openllm[dev]
 #   make quickstart   tokenizer → pretrain → eval → model card, offline, on a CPU
+#   make chain        quickstart model → SFT → reward model → DPO → RLHF → evaluation → served answer, offline
 #   make test         the test suite (fast, CPU)
 #   make test-compat  model + export tests on transformers 4.57 with ONNX (after `make install-compat`)
 #   make bench        benchmarks; writes tables into README.md
@@ -14,7 +15,7 @@ BIN := $(VENV)/bin
 export PYTHONPATH := src
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-browser install-compat quickstart test test-compat slow_test bench style quality clean notebooks
+.PHONY: install install-browser install-compat quickstart chain test test-compat slow_test bench style quality clean notebooks
 
 # torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -52,6 +53,10 @@ install-compat: $(VENV_COMPAT)/bin/python
 
 quickstart: install
 	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml
+
+# every stage reads the previous one's output_dir; run again after a kill to continue (see outputs/chain/chain_report.json)
+chain: install
+	$(BIN)/python -m openllm chain
 
 test: install-browser
 	$(BIN)/python -m pytest -m "not slow and not onnx" -q
