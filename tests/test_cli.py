@@ -34,8 +34,8 @@ def test_help_lists_the_chain_in_order_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    chain = ["tokenizer", "pretrain", "sft", "reward", "dpo", "rlhf", "merge", "eval", "generate", "serve", "export",
-             "convert", "presets"]
+    chain = ["tokenizer", "pretrain", "sft", "reward", "dpo", "rlhf", "chain", "merge", "eval", "generate", "serve",
+             "export", "convert", "presets"]
     listed = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("    ") and line.split()
               and line.split()[0] in chain]
     assert listed == chain

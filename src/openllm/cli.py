@@ -18,7 +18,7 @@ COMMANDS = {
     "reward": ("openllm.training.reward", "train a reward model on preference pairs"),
     "dpo": ("openllm.training.dpo", "direct preference optimization on preference pairs"),
     "rlhf": ("openllm.training.rlhf", "RLHF (GRPO) with a reward model and/or reward functions"),
-    "chain": ("openllm.training.chain", "the whole chain: pretrain → SFT → reward → DPO → RLHF → eval → serve"),
+    "chain": ("openllm.training.chain", "every stage in one run, pretraining to serving (recipes/chain/)"),
     "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model"),
     "eval": ("openllm.evaluation.perplexity", "perplexity, bits-per-byte, calibration and samples of a model"),
     "generate": ("openllm.evaluation.generation", "generate text from a model, streaming to the terminal"),

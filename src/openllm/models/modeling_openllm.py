@@ -39,6 +39,13 @@ except ImportError:  # transformers 4.57 marks loaded modules itself
 
 _MASK_PARAMS = inspect.signature(create_causal_mask).parameters
 _MASK_NEEDS_CACHE_POSITION = "input_embeds" in _MASK_PARAMS  # 4.57
+# transformers 5.24 renamed the key/value cache `past_key_values` → `cache`, as argument and as output field
+CACHE = "cache" if "cache" in _MASK_PARAMS else "past_key_values"
+
+
+def output_cache(output):
+    """The key/value cache a model output carries, under the installed transformers' name for it."""
+    return getattr(output, CACHE, None)
 
 
 def _causal_mask(config, inputs_embeds, attention_mask, cache_position, past_key_values, position_ids):
@@ -48,8 +55,8 @@ def _causal_mask(config, inputs_embeds, attention_mask, cache_position, past_key
             cache_position=cache_position, past_key_values=past_key_values, position_ids=position_ids,
         )
     return create_causal_mask(
-        config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-        past_key_values=past_key_values, position_ids=position_ids,
+        config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+        **{CACHE: past_key_values},
     )
 
 
@@ -258,7 +265,9 @@ class OpenLLMAttention(nn.Module):
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:
+        if past_key_values is not None and CACHE == "cache":  # transformers >= 5.24: the cache fills the kwargs
+            key, value = past_key_values.update(key, value, self.layer_idx, kwargs=kwargs)
+        elif past_key_values is not None:
             cache_kwargs = None if cache_position is None else {"cache_position": cache_position}
             key, value = past_key_values.update(key, value, self.layer_idx, cache_kwargs)
 
@@ -417,7 +426,7 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["OpenLLMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_flash_attn_2 = True
     _supports_sdpa = True
@@ -494,6 +503,7 @@ class OpenLLMModel(OpenLLMPreTrainedModel):
         output_hidden_states: Optional[bool] = None,
         output_router_logits: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache: Optional[Cache] = None,
         **kwargs,
     ) -> MoeModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -504,6 +514,7 @@ class OpenLLMModel(OpenLLMPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else self.config.use_cache
+        past_key_values = cache if cache is not None else past_key_values  # transformers >= 5.24 passes `cache`
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if inputs_embeds is None:
@@ -551,7 +562,7 @@ class OpenLLMModel(OpenLLMPreTrainedModel):
 
         output = MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE: past_key_values if use_cache else None},
             hidden_states=all_hidden_states or None,
             attentions=all_attentions or None,
             router_logits=all_router_logits or None,
@@ -598,6 +609,7 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         output_router_logits: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Optional[Cache] = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
         r"""
@@ -619,7 +631,7 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -652,7 +664,7 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits if output_router_logits else None,
@@ -686,12 +698,14 @@ class OpenLLMForSequenceClassification(OpenLLMPreTrainedModel):
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache: Optional[Cache] = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         kwargs.pop("num_items_in_batch", None)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             past_key_values=cache if cache is not None else past_key_values,
+                             inputs_embeds=inputs_embeds, use_cache=use_cache,
                              return_dict=True, **kwargs)
         logits = self.score(outputs.last_hidden_state)  # (B, T, num_labels)
         batch = logits.shape[0]
@@ -713,7 +727,7 @@ class OpenLLMForSequenceClassification(OpenLLMPreTrainedModel):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
         output = SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled_logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=pooled_logits, **{CACHE: output_cache(outputs)},
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..evaluation.confidence import token_logprobs_and_entropies
+from ..models.modeling_openllm import CACHE, output_cache
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +237,8 @@ class Engine:
                                     device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(batch, 1)], dim=1)
         out = self.model(input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{CACHE: self.cache})
+        self.cache = output_cache(out)
         if self.metrics is not None:
             self.metrics.batch_size.observe(batch)
         self._advance(self.running, out.logits[:, -1])
@@ -254,7 +255,7 @@ class Engine:
         want_prefill = any(s.params.prefill_logprobs for s in new)
         cache = _new_cache(self.model)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, logits_to_keep=0 if want_prefill else 1)
+                         use_cache=True, logits_to_keep=0 if want_prefill else 1, **{CACHE: cache})
         if want_prefill:
             self._prefill_tokens(new, out.logits, length)
         now = time.perf_counter()
@@ -262,7 +263,7 @@ class Engine:
             seq.admitted_at = now
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
-        self._merge(new, out.past_key_values, mask)
+        self._merge(new, output_cache(out), mask)
         self._advance(new, out.logits[:, -1])
 
     def _prefill_tokens(self, new, logits, length):
