@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from openllm import OpenLLMConfig, OpenLLMForCausalLM, OpenLLMForSequenceClassification, OpenLLMModel
-from openllm.models.modeling_openllm import expert_load, load_balancing_loss, router_z_loss
+from openllm.models.modeling_openllm import CACHE, expert_load, load_balancing_loss, output_cache, router_z_loss
 from openllm.models.presets import PRESETS, get_preset_config, parameter_counts
 
 VOCAB = 99
@@ -73,8 +73,8 @@ def test_overfits_one_batch(config, ids):
 def test_cache_matches_full_forward(config, ids):
     model = make_model(config)
     full = model(ids).logits
-    past = model(ids[:, :-2], use_cache=True).past_key_values
-    step = model(ids[:, -2:], past_key_values=past).logits
+    past = output_cache(model(ids[:, :-2], use_cache=True))
+    step = model(ids[:, -2:], **{CACHE: past}).logits
     torch.testing.assert_close(step, full[:, -2:], atol=1e-5, rtol=0)
 
 
@@ -85,6 +85,12 @@ def test_greedy_generation_same_with_and_without_cache(config, ids):
     without = model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
     assert with_cache.shape == (3, 15)
     assert torch.equal(with_cache, without)
+    # and the cache is really used: after the prompt, each step feeds the model one new token
+    lengths = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
+    model.generate(ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs)
+    hook.remove()
+    assert lengths == [ids.shape[1]] + [1] * 7
 
 
 def test_sdpa_equals_eager(config, ids):
