@@ -107,3 +107,13 @@ def test_chain_killed_then_rerun_finishes_and_a_third_run_changes_nothing(tmp_pa
     out = third.communicate(timeout=300)[0]
     assert third.returncode == 0 and "Nothing was changed" in out, out
     assert report.read_bytes() == before
+
+
+def test_a_finished_stage_whose_yaml_changed_is_named_with_both_values():
+    from openllm.training.chain import changed_settings
+
+    summary = {"base_model": "outputs/chain/dpo", "training_args": {"max_steps": 40, "learning_rate": 0.0001}}
+    config = {"model_name_or_path": "outputs/chain/dpo", "max_steps": 50, "learning_rate": 1.0e-4, "temperature": 1.0}
+    assert changed_settings(config, summary) == {"max_steps": (40, 50)}
+    assert changed_settings({**config, "model_name_or_path": "elsewhere"}, summary)["model_name_or_path"] == (
+        "outputs/chain/dpo", "elsewhere")

@@ -75,6 +75,22 @@ def stage_row(stage: Stage, config: dict, summary: dict, wall_s: float) -> dict:
     return row
 
 
+def changed_settings(config: dict, summary: dict) -> dict:
+    """{key: (trained with, YAML now)} for the settings of a finished stage that its YAML has changed since."""
+    trained = {**(summary.get("training_args") or {}), "model_name_or_path": summary.get("base_model")}
+    return {key: (trained[key], value) for key, value in config.items()
+            if key in trained and trained[key] != value and not (trained[key] is None and key == "model_name_or_path")}
+
+
+def warn_if_changed(stage: Stage, config: dict, summary: dict) -> None:
+    changed = changed_settings(config, summary)
+    if changed:
+        print(f"    {config['output_dir']} was trained with "
+              f"{', '.join(f'{k}={old!r}' for k, (old, _) in changed.items())}; {stage.config} now says "
+              f"{', '.join(f'{k}={new!r}' for k, (_, new) in changed.items())}. Delete {config['output_dir']} (and "
+              f"what was trained from it) to train it again.", flush=True)
+
+
 def run_stage(stage: Stage, config_path: Path) -> float:
     """Run the stage's recipe in its own process; returns its wall time. Raises when it fails."""
     started = time.perf_counter()
@@ -211,7 +227,9 @@ def run(args):
 
     started_finished = all(read_summary(configs[s.name]["output_dir"]) for s in STAGES)
     if started_finished and previous.get("complete"):
-        print(markdown_table(previous))
+        print(markdown_table(previous) + "\n")
+        for stage in STAGES:
+            warn_if_changed(stage, configs[stage.name], read_summary(configs[stage.name]["output_dir"]))
         print(f"\nThe chain is complete ({report_path}). Nothing was changed.")
         return 0
 
@@ -225,6 +243,7 @@ def run(args):
         else:  # finished before: keep the wall time the chain measured then, else the stage's own
             wall = previous_rows.get(stage.name, {}).get("wall_time_s") or summary.get("train_runtime_s") or 0.0
             print(f"=== {stage.name}: finished in {config['output_dir']}, kept as it is", flush=True)
+            warn_if_changed(stage, config, summary)
         report["stages"].append(stage_row(stage, config, summary, wall))
         atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
 
