@@ -1,58 +1,29 @@
 """`openllm serve` as users run it, in its own process on 127.0.0.1, and what the tests ask of it."""
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 import torch
+
+from openllm.serving.process import running_server
 
 API_KEY = "test-key"
 CONTEXT = 256  # the tiny preset's max_position_embeddings
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(folder: Path, *args: str, api_key: str = API_KEY):
     """Run `python -m openllm serve folder ...` until the block ends; yields the base URL."""
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OPENLLM_API_KEY": api_key}
-    log_path = folder / f"server-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(folder), "--port", str(port),
-                                    "--num-threads", "1", "--log-level", "warning", *args],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"server did not start:\n{log_path.read_text()}")
-                time.sleep(0.25)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    log_path = folder / f"server-{time.monotonic_ns()}.log"
+    with running_server(folder, "--num-threads", "1", "--log-level", "warning", *args, env=env,
+                        log_path=log_path) as url:
+        yield url
 
 
 def http(server, timeout=60) -> httpx.Client:

@@ -388,8 +388,8 @@ def is_grounded(question, completion) -> bool:
     operands = numbers[-2:] if len(numbers) >= 2 else numbers
     for line in answer_of(completion).splitlines():
         line = line.strip()
-        if _COLUMN.match(line):
-            x, y = _COLUMN.match(line).groups()[:2]
+        if column_step := _COLUMN.match(line):
+            x, y = column_step.groups()[:2]
             digits = [n.lstrip("-")[::-1] for n in operands]
             expected = [int(d[column]) if column < len(d) else 0 for d in digits]
             if sorted(expected) != sorted((int(x), int(y))):

@@ -15,7 +15,6 @@ an interrupted one resumes from its newest checkpoint. A finished chain run agai
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -122,43 +121,22 @@ def evaluate_models(folders: dict, n: int) -> dict:
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ask_served_model(folder: str, timeout_s: float = 180) -> dict:
     """Start `openllm serve FOLDER`, ask it one held-out question over the OpenAI chat API, stop it."""
     from ..data.reasoning import is_correct, is_verified, make_reasoning_examples
+    from ..serving.process import ServerDidNotStart, running_server
 
     example = make_reasoning_examples(("word-problems",), 1, "test")[0]
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "openllm", "serve", folder, "--port", str(port), "--no-ui",
-                               "--log-level", "warning"])
-    url = f"http://127.0.0.1:{port}"
+    body = {"model": folder, "messages": [{"role": "user", "content": example["prompt"]}], "max_tokens": 64,
+            "temperature": 0}
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"openllm chain: `openllm serve {folder}` exited with {server.returncode}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError as error:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"openllm chain: the server on {url} did not come up in {timeout_s:.0f} s "
-                                     f"({error})") from None
-                time.sleep(0.5)
-        body = {"model": folder, "messages": [{"role": "user", "content": example["prompt"]}], "max_tokens": 64,
-                "temperature": 0}
-        request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.load(response)["choices"][0]["message"]["content"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        with running_server(folder, "--no-ui", "--log-level", "warning", timeout_s=timeout_s) as url:
+            request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.load(response)["choices"][0]["message"]["content"]
+    except ServerDidNotStart as error:
+        raise SystemExit(f"openllm chain: {error}") from None
     return {"endpoint": "/v1/chat/completions", "question": example["prompt"], "expected": example["answer"],
             "completion": answer, "correct": is_correct(answer, example["answer"]),
             "verified": is_verified(example["prompt"], answer, example["answer"])}
@@ -199,9 +177,10 @@ def markdown_table(report: dict) -> str:
                              f"{_number(row[name]['after'], row['stage'])} | |")
     evaluation = report.get("evaluation", {}).get("exact_match")
     if evaluation:
-        tasks = list(next(iter(evaluation.values())))
-        lines += ["", "Greedy exact match of the `####` answer on held-out questions "
-                      f"({next(iter(next(iter(evaluation.values())).values()))['n']} per task):", "",
+        first = next(iter(evaluation.values()))
+        tasks = list(first)
+        lines += ["", f"Greedy exact match of the `####` answer on held-out questions ({first[tasks[0]]['n']} per "
+                      "task):", "",
                   "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         lines += [f"| {name} | " + " | ".join(f"{scores[t]['exact_match']:.0%}" for t in tasks) + " |"
                   for name, scores in evaluation.items()]
@@ -225,18 +204,17 @@ def run(args):
     configs = {stage.name: read_yaml(recipes / stage.config) for stage in STAGES}
     from .run import read_summary
 
-    started_finished = all(read_summary(configs[s.name]["output_dir"]) for s in STAGES)
-    if started_finished and previous.get("complete"):
+    summaries = {s.name: read_summary(configs[s.name]["output_dir"]) for s in STAGES}
+    if all(summaries.values()) and previous.get("complete"):
         print(markdown_table(previous) + "\n")
         for stage in STAGES:
-            warn_if_changed(stage, configs[stage.name], read_summary(configs[stage.name]["output_dir"]))
+            warn_if_changed(stage, configs[stage.name], summaries[stage.name])
         print(f"\nThe chain is complete ({report_path}). Nothing was changed.")
         return 0
 
     report = {"stages": [], "complete": False}
     for stage in STAGES:
-        config = configs[stage.name]
-        summary = read_summary(config["output_dir"])
+        config, summary = configs[stage.name], summaries[stage.name]
         if summary is None:
             wall = run_stage(stage, recipes / stage.config)
             summary = read_summary(config["output_dir"])
