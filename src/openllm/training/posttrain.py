@@ -8,6 +8,7 @@ train, measure after, save the finished folder through `openllm.training.run`).
 import argparse
 import logging
 import math
+from contextlib import contextmanager
 
 from . import run
 
@@ -142,30 +143,38 @@ def load_stage_dataset(script_args, stage: str, seed: int = 0):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def answer_accuracy(model, tokenizer, prompts, answers, max_new_tokens: int = 8, batch_size: int = 64) -> float:
-    """Share of `prompts` (strings or chat messages) for which greedy decoding yields exactly `answers`."""
+@contextmanager
+def _scoring(model, tokenizer, padding_side: str):
+    """Eval mode and no gradients, with the tokenizer padding on `padding_side`; both restored afterwards (the
+    measurement runs inside a training run)."""
     import torch
 
+    side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def answer_accuracy(model, tokenizer, prompts, answers, max_new_tokens: int = 8, batch_size: int = 64) -> float:
+    """Share of `prompts` (strings or chat messages) for which greedy decoding yields exactly `answers`."""
     from ..data.post_training import is_correct
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
              else p for p in prompts]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
+    with _scoring(model, tokenizer, "left"):
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             completions = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
             correct += sum(is_correct(c, a) for c, a in zip(completions, answers[start:start + batch_size]))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return correct / max(len(texts), 1)
 
 
@@ -181,26 +190,19 @@ def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int 
         return prompt, prompt + completion
 
     pairs = [text(p, c) for p, c in zip(prompts, completions)]
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"
-    was_training = model.training
-    model.eval()
     scores = []
-    try:
+    with _scoring(model, tokenizer, "right"):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = tokenizer([full for _, full in chunk], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
             starts = [len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) for prompt, _ in chunk]
-            with torch.no_grad():
-                logits = model(**batch).logits[:, :-1].float()
+            logits = model(**batch).logits[:, :-1].float()
             token_logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
             positions = torch.arange(token_logps.shape[1], device=token_logps.device)[None]
             mask = (positions >= torch.tensor(starts, device=positions.device)[:, None] - 1) & \
                 batch["attention_mask"][:, 1:].bool()
             scores += (token_logps * mask).sum(-1).tolist()
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return scores
 
 
