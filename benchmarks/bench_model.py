@@ -118,6 +118,35 @@ class Generator:
         return time.perf_counter() - start
 
 
+# where a training step's CPU time goes: each ATen op's self time, by the first category whose words its name holds
+CATEGORIES = {
+    "matrix multiplies": ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn_matmul", "aten::_mkl"),
+    "attention kernel": ("scaled_dot_product", "flash_attention"),
+    "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous"),
+    "optimizer": ("adam",),
+    "cross-entropy": ("log_softmax", "nll_loss", "logsumexp", "gather", "scatter"),
+}
+
+
+def profile_breakdown(model, precision, steps: int = 3) -> dict[str, float]:
+    """Share of one training step's self CPU time per category (torch.profiler, after a warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = Trainer(model, precision)
+    trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step()
+    shares = dict.fromkeys([*CATEGORIES, "other (element-wise, norms, activations...)"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        category = next((c for c, words in CATEGORIES.items() if any(w.lower() in name for w in words)),
+                        "other (element-wise, norms, activations...)")
+        shares[category] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {category: time / total for category, time in shares.items()}
+
+
 def interleaved(runners: dict, warmup: int, steps: int) -> dict[str, list[float]]:
     for _ in range(warmup):
         for runner in runners.values():
@@ -183,7 +212,9 @@ def main(write_readme: bool = False):
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    table = render(rows, peak, config)
+    breakdown = {precision: profile_breakdown(ours, precision) for precision in PRECISIONS}
+    print(json.dumps(breakdown), flush=True)
+    table = render(rows, peak, config, breakdown)
     print(table)
     if write_readme:
         from readme import write_section
@@ -191,7 +222,7 @@ def main(write_readme: bool = False):
         write_section("model", table)
 
 
-def render(rows, peak, config) -> str:
+def render(rows, peak, config, breakdown) -> str:
     from readme import machine_description
 
     from openllm.models.presets import parameter_counts
@@ -225,7 +256,16 @@ def render(rows, peak, config) -> str:
         "run to run (generation, dominated by per-token Python overhead, the most), the ratio column is the steadier "
         "one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in the run; "
         "torch.compile was tried and left out (about two minutes of compilation, no faster steps on this CPU).",
+        "",
+        f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op, "
+        f"{BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",
+        "",
+        "| share of step time | " + " | ".join("bf16 autocast" if p == "bf16" else p for p in breakdown) + " |",
+        "|---|" + "---|" * len(breakdown),
     ]
+    for category in next(iter(breakdown.values())):
+        lines.append(f"| {category} | " + " | ".join(f"{shares[category]:.0%}" for shares in breakdown.values())
+                     + " |")
     return "\n".join(lines)
 
 

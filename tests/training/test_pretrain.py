@@ -207,6 +207,31 @@ def test_unknown_yaml_key_fails(tmp_path):
         make_parser().parse_args_and_config(["--config", str(tmp_path / "bad.yaml")])
 
 
+def test_wsd_decay_given_as_a_fraction_of_the_run():
+    from transformers import get_scheduler
+
+    def schedule(max_steps, decay):
+        args = PretrainConfig(output_dir="unused", max_steps=max_steps, warmup_steps=10, learning_rate=1.0,
+                              lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={"num_decay_steps": decay})
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+        scheduler = get_scheduler(args.lr_scheduler_type, optimizer, args.get_warmup_steps(max_steps), max_steps,
+                                  scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        lrs = []
+        for _ in range(max_steps):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return args.lr_scheduler_kwargs["num_decay_steps"], lrs
+
+    decay, lrs = schedule(100, 0.2)  # the last 20 of 100 steps decay; the 70 before them hold the peak
+    assert decay == 20 and lrs[10:80] == [1.0] * 70 and 0 < lrs[90] < lrs[81] < 1.0
+    assert schedule(100, 20) == (20, lrs)  # the same as a whole number of steps
+    assert schedule(40, 0.2)[0] == 8  # `--max_steps` alone rescales the schedule
+    assert schedule(12, 0.5)[0] == 2  # never more decay than the steps after warmup
+    with pytest.raises(ValueError, match="num_decay_steps=0.0 is a fraction of max_steps"):
+        schedule(100, 0.0)
+
+
 def test_precision_auto_matches_the_cpu():
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     assert cpu_supports_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

@@ -95,7 +95,8 @@ class PretrainConfig(RunArguments, TrainingArguments):
 
     - `learning_rate` defaults to 3e-4 instead of 5e-5.
     - `lr_scheduler_type` defaults to "cosine" instead of "linear" ("warmup_stable_decay" also works, with
-      `lr_scheduler_kwargs: {num_decay_steps: N}`).
+      `lr_scheduler_kwargs: {num_decay_steps: N}`, where N below 1 is a fraction of `max_steps`: 0.2 decays over
+      the last 20% of the run).
     - `weight_decay` defaults to 0.1 instead of 0.0; `adam_beta2` to 0.95 instead of 0.999.
     - `logging_steps` defaults to 10 instead of 500; `eval_strategy` to "steps" (every `eval_steps`=200) instead
       of "no"; `save_total_limit` to 3 instead of unlimited.
@@ -144,6 +145,19 @@ class PretrainConfig(RunArguments, TrainingArguments):
         if self.optim_muon:
             self.optim = TrainingArguments.__dataclass_fields__["optim"].default
         super().__post_init__()
+        self._resolve_decay_fraction()
+
+    def _resolve_decay_fraction(self):
+        # WSD's decay is usually a share of the run (the last 20%), so `--max_steps` alone rescales the schedule
+        decay = (self.lr_scheduler_kwargs or {}).get("num_decay_steps")
+        if self.lr_scheduler_type != "warmup_stable_decay" or not isinstance(decay, float) or decay >= 1:
+            return
+        if decay <= 0 or self.max_steps <= 0:
+            raise ValueError(f"lr_scheduler_kwargs.num_decay_steps={decay} is a fraction of max_steps: it needs "
+                             "0 < fraction < 1 and max_steps > 0 (or give a whole number of steps).")
+        warmup = self.get_warmup_steps(self.max_steps)
+        self.lr_scheduler_kwargs = {**self.lr_scheduler_kwargs,
+                                    "num_decay_steps": min(round(decay * self.max_steps), self.max_steps - warmup)}
 
     def _resolve_precision(self):
         import torch
