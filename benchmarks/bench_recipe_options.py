@@ -66,7 +66,9 @@ def render(rows) -> str:
     lines = [f"Quickstart recipe options, one at a time, at equal wall time ({machine_description()}): the recipe's "
              f"{base['steps']} optimizer steps of {base['tokens_per_step']:,} tokens, and for a variant more than "
              f"{SPEED_TOLERANCE:.0%} faster or slower, the steps its speed fits in the same time; the same seed, "
-             "tokenizer and data; held-out loss on the recipe's held-out documents.", "",
+             "tokenizer and data; held-out loss on the recipe's held-out documents. Speeds are whole-run tokens/s, "
+             "which move by a few percent from run to run here: the cosine row computes exactly what the recipe "
+             "does.", "",
              "| variant | steps | held-out loss | perplexity | mean train loss | tokens/s vs recipe |",
              "|---|---|---|---|---|---|"]
     for r in rows:
