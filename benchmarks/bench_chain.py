@@ -36,7 +36,8 @@ def main(write_readme: bool = False, report: str | None = None):
     if not result.get("complete"):
         raise SystemExit(f"{path} is from an unfinished chain: run `make chain` again to finish it.")
     markdown = (f"`make chain` from scratch: the quickstart model (1.3M parameters) through every stage, CPU only, "
-                f"offline (pretraining in bf16 autocast where the CPU has it, post-training in fp32). {machine_description()}.\n\n{markdown_table(result)}")
+                f"offline (pretraining in bf16 autocast where the CPU has it, post-training in fp32). "
+                f"{machine_description()}.\n\n{markdown_table(result)}")
     print(markdown)
     if write_readme:
         write_section("chain", markdown)
