@@ -117,3 +117,16 @@ def test_a_finished_stage_whose_yaml_changed_is_named_with_both_values():
     assert changed_settings(config, summary) == {"max_steps": (40, 50)}
     assert changed_settings({**config, "model_name_or_path": "elsewhere"}, summary)["model_name_or_path"] == (
         "outputs/chain/dpo", "elsewhere")
+
+
+def test_a_decay_given_as_a_fraction_matches_the_steps_the_run_recorded():
+    from openllm.training.chain import changed_settings
+
+    config = yaml.safe_load((RECIPES / "pretrain_quickstart.yaml").read_text())
+    assert config["lr_scheduler_kwargs"] == {"num_decay_steps": 0.2} and config["max_steps"] == 600
+    recorded = {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 120},
+                "max_steps": 600, "warmup_steps": config["warmup_steps"], "learning_rate": config["learning_rate"]}
+    assert changed_settings(config, {"training_args": recorded}) == {}
+    longer = {**config, "lr_scheduler_kwargs": {"num_decay_steps": 0.3}}
+    assert changed_settings(longer, {"training_args": recorded}) == {
+        "lr_scheduler_kwargs": ({"num_decay_steps": 120}, {"num_decay_steps": 0.3})}

@@ -78,7 +78,20 @@ def changed_settings(config: dict, summary: dict) -> dict:
     """{key: (trained with, YAML now)} for the settings of a finished stage that its YAML has changed since."""
     trained = {**(summary.get("training_args") or {}), "model_name_or_path": summary.get("base_model")}
     return {key: (trained[key], value) for key, value in config.items()
-            if key in trained and trained[key] != value and not (trained[key] is None and key == "model_name_or_path")}
+            if key in trained and trained[key] != resolved(key, value, config)
+            and not (trained[key] is None and key == "model_name_or_path")}
+
+
+def resolved(key: str, value, config: dict):
+    """A YAML value as the run records it: a WSD decay given as a fraction of the run is recorded in steps."""
+    decay = value.get("num_decay_steps") if key == "lr_scheduler_kwargs" and isinstance(value, dict) else None
+    if not (isinstance(decay, float) and 0 < decay < 1):
+        return value
+    from .arguments import PretrainConfig
+
+    names = ("max_steps", "warmup_steps", "lr_scheduler_type")
+    return PretrainConfig(output_dir="unused", lr_scheduler_kwargs=value,
+                          **{k: config[k] for k in names if k in config}).lr_scheduler_kwargs
 
 
 def warn_if_changed(stage: Stage, config: dict, summary: dict) -> None:
