@@ -13,9 +13,7 @@ generated token is read from /proc, which a busy machine disturbs less than wall
 """
 
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,23 +59,14 @@ def prompts(n: int) -> list[str]:
     return [" ".join(words[i % len(words):] + words[:i % len(words)])[: 40 + 3 * i] for i in range(n)]
 
 
-def start_server(folder: Path, port: int) -> subprocess.Popen:
-    import httpx
+def start_server(folder: Path):
+    """`openllm serve` on the benchmark's settings, as a context manager yielding its URL and process id."""
+    from openllm.serving.process import running_server
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("OPENLLM_API_KEY", None)
-    process = subprocess.Popen([sys.executable, "-m", "openllm", "serve", str(folder), "--port", str(port),
-                                "--num-threads", str(THREADS), "--max-batch-size", "32", "--log-level", "warning"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("the server did not start")
+    return running_server(folder, "--num-threads", str(THREADS), "--max-batch-size", "32", "--log-level", "warning",
+                          env=env)
 
 
 def load(url: str, clients: int, per_client: int, sampling: Optional[dict] = None) -> dict:
@@ -126,29 +115,21 @@ def per_token_overhead(tmp: Path) -> dict:
     tokens/s and the server's CPU milliseconds per generated token, greedy and sampled (medians over rounds)."""
     folder = tmp / "tiny"
     make_model(folder, preset="tiny")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = start_server(folder, port)
     results = {}
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with start_server(folder) as (url, pid):
         load(url, 2, 1)  # warm-up
         for name, sampling in (("greedy", None), ("sampled", SAMPLED)):
             rounds = {clients: [] for clients, _ in SCALING_LEVELS}
             for _ in range(SCALING_ROUNDS):
                 for clients, per_client in SCALING_LEVELS:
-                    before = process_cpu_seconds(process.pid)
+                    before = process_cpu_seconds(pid)
                     r = load(url, clients, per_client, sampling)
-                    cpu_ms = (process_cpu_seconds(process.pid) - before) * 1000 / max(r["tokens"], 1)
+                    cpu_ms = (process_cpu_seconds(pid) - before) * 1000 / max(r["tokens"], 1)
                     rounds[clients].append((r["tokens_per_s"], cpu_ms, r["errors"]))
             results[name] = {clients: {"tokens_per_s": statistics.median(t for t, _, _ in values),
                                        "cpu_ms_per_token": statistics.median(c for _, c, _ in values),
                                        "errors": sum(e for _, _, e in values)}
                              for clients, values in rounds.items()}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     return results
 
 
@@ -208,17 +189,9 @@ def main(write_readme: bool = False):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "small"
         model, tokenizer = make_model(folder)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        process = start_server(folder, port)
-        try:
-            url = f"http://127.0.0.1:{port}"
+        with start_server(folder) as (url, _):
             load(url, 2, 1)  # warm-up
             results = [load(url, clients, per_client) for clients, per_client in LEVELS]
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
         threads = torch.get_num_threads()
         torch.set_num_threads(THREADS)
         reference = batched_generate(model, tokenizer, 16)

@@ -22,8 +22,8 @@ def serve(folder: Path, *args: str, api_key: str = API_KEY):
            "OPENLLM_API_KEY": api_key}
     log_path = folder / f"server-{time.monotonic_ns()}.log"
     with running_server(folder, "--num-threads", "1", "--log-level", "warning", *args, env=env,
-                        log_path=log_path) as url:
-        yield url
+                        log_path=log_path) as server:
+        yield server.url
 
 
 def http(server, timeout=60) -> httpx.Client:

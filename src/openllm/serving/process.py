@@ -9,10 +9,16 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 
 class ServerDidNotStart(RuntimeError):
     pass
+
+
+class Server(NamedTuple):
+    url: str  # http://127.0.0.1:PORT
+    pid: int  # the server process, for its CPU time or signals
 
 
 def free_port() -> int:
@@ -23,9 +29,9 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(folder, *args: str, env: dict | None = None, log_path=None, timeout_s: float = 180.0):
-    """Run `python -m openllm serve FOLDER --port <free port> ARGS...` until the block ends; yields its base URL once
-    `/health` answers 200. Its output goes to `log_path` when given (else to this process's). Raises
-    `ServerDidNotStart`, with the log, when the process exits or `timeout_s` passes first."""
+    """Run `python -m openllm serve FOLDER --port <free port> ARGS...` until the block ends; yields a `Server` (base
+    URL, process id) once `/health` answers 200. Its output goes to `log_path` when given (else to this process's).
+    Raises `ServerDidNotStart`, with the log, when the process exits or `timeout_s` passes first."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
@@ -34,7 +40,7 @@ def running_server(folder, *args: str, env: dict | None = None, log_path=None, t
                                    env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
         try:
             _wait_until_healthy(process, url, timeout_s, log_path)
-            yield url
+            yield Server(url, process.pid)
         finally:
             process.terminate()
             try:

@@ -143,8 +143,8 @@ def ask_served_model(folder: str, timeout_s: float = 180) -> dict:
     body = {"model": folder, "messages": [{"role": "user", "content": example["prompt"]}], "max_tokens": 64,
             "temperature": 0}
     try:
-        with running_server(folder, "--no-ui", "--log-level", "warning", timeout_s=timeout_s) as url:
-            request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+        with running_server(folder, "--no-ui", "--log-level", "warning", timeout_s=timeout_s) as server:
+            request = urllib.request.Request(f"{server.url}/v1/chat/completions", data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=60) as response:
                 answer = json.load(response)["choices"][0]["message"]["content"]
