@@ -84,8 +84,7 @@ def changed_settings(config: dict, summary: dict) -> dict:
 
 def resolved(key: str, value, config: dict):
     """A YAML value as the run records it: a WSD decay given as a fraction of the run is recorded in steps."""
-    decay = value.get("num_decay_steps") if key == "lr_scheduler_kwargs" and isinstance(value, dict) else None
-    if not (isinstance(decay, float) and 0 < decay < 1):
+    if key != "lr_scheduler_kwargs" or config.get("lr_scheduler_type") != "warmup_stable_decay":
         return value
     from .arguments import PretrainConfig
 
