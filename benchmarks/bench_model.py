@@ -1,8 +1,9 @@
 """OpenLLM `small` against transformers' `LlamaForCausalLM` with the same shapes and the same weights (converted with
 `openllm.export.convert.to_llama`), measured side by side in one process on this machine.
 
-Training: tokens/s of a full step (forward, backward, AdamW) on batches of random tokens. Generation: tokens/s of
-greedy `generate` with the KV cache, batch 1. Both in fp32 and under bf16 autocast. The two models alternate step by
+Training: tokens/s of a full step (forward, backward, AdamW) on batches of random tokens, in eager mode and under
+`torch.compile` (both models compiled, with SDPA or with eager attention). Generation: tokens/s of greedy `generate`
+with the KV cache, batch 1 and 16. Both in fp32 and under bf16 autocast. The two models alternate step by
 step (and swap who goes first), so load from other processes hits both alike; rows report medians. MFU counts
 6·N + 12·L·T·d FLOPs per training token (PaLM's convention, N including the tied embedding as the output layer) and
 2·N + 4·L·T·d per generated token, against a 2048×2048 matmul's GFLOP/s measured in the same run. Peak RSS comes from
@@ -12,6 +13,7 @@ a fresh process per cell that builds only that model and runs only that task (Li
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -26,10 +28,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 PRESET = "small"
-BATCH, SEQ_LEN = 4, 256  # 1,024 tokens per training step
+BATCH, SEQ_LEN = 8, 256  # 2,048 tokens per training step
 TRAIN_WARMUP, TRAIN_STEPS = 2, 8
 PROMPT_LEN, NEW_TOKENS, GEN_WARMUP, GEN_RUNS = 32, 64, 1, 6
 GEN_BATCHES = (1, 16)
+# training setups: (torch.compile, attention implementation)
+EAGER, COMPILED, COMPILED_EAGER_ATTENTION = (False, "sdpa"), (True, "sdpa"), (True, "eager")
+SETUP_NAMES = {EAGER: "eager", COMPILED: "torch.compile", COMPILED_EAGER_ATTENTION: "torch.compile, eager attention"}
 PEAK_SIZES, PEAK_REPEATS = (2048, 3072), 6
 
 
@@ -83,13 +88,25 @@ def flops_per_token(config, seq_len: int, training: bool) -> float:
     return 6 * n + 6 * attention if training else 2 * n + 2 * attention
 
 
+def prepared(model, setup):
+    """The model itself in eager mode with SDPA, else a compiled copy (the original stays eager for other cells)."""
+    compiled, attention = setup
+    if setup == EAGER:
+        return model
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attention)
+    if compiled:
+        model.compile()
+    return model
+
+
 class Trainer:
     """One model's training step on a fixed batch, with its own AdamW."""
 
-    def __init__(self, model, precision):
-        self.model, self.precision = model.train(), precision
+    def __init__(self, model, precision, setup=EAGER):
+        self.model, self.precision = prepared(model, setup).train(), precision
         # fused AdamW: the Trainer's default optimizer on torch >= 2.8
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         generator = torch.Generator().manual_seed(1)
         self.input_ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ_LEN), generator=generator)
 
@@ -125,14 +142,17 @@ CATEGORIES = {
     "dtype casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous"),
     "optimizer": ("adam",),
     "cross-entropy": ("log_softmax", "nll_loss", "logsumexp", "gather", "scatter"),
+    # inductor's generated kernels: the fused norms, activations, casts, softmax and loss of a compiled step
+    "fused kernels (torch.compile)": ("compiledfxgraph",),
 }
 
 
-def profile_breakdown(model, precision, steps: int = 3) -> dict[str, float]:
-    """Share of one training step's self CPU time per category (torch.profiler, after a warm-up step)."""
+def profile_breakdown(model, precision, setup=EAGER, steps: int = 3) -> dict[str, float]:
+    """Share of one training step's self CPU time per category (torch.profiler, after warm-up steps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = Trainer(model, precision)
+    trainer = Trainer(model, precision, setup)
+    trainer.step()
     trainer.step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -159,15 +179,16 @@ def interleaved(runners: dict, warmup: int, steps: int) -> dict[str, list[float]
     return times
 
 
-def peak_rss_mib(model: str, task: str, precision: str) -> float:
+def peak_rss_mib(model: str, task: str, precision: str, setup=EAGER) -> float:
     """Peak RSS of a fresh process that builds only this model and runs only this cell."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, __file__, "--peak-rss", model, task, precision], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    setup_index = str(list(SETUP_NAMES).index(setup))
+    out = subprocess.run([sys.executable, __file__, "--peak-rss", model, task, precision, setup_index], env=env,
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
-def _peak_rss_child(model: str, task: str, precision: str) -> None:
+def _peak_rss_child(model: str, task: str, precision: str, setup_index: str) -> None:
     from transformers import LlamaForCausalLM
 
     from openllm import OpenLLMForCausalLM, get_preset_config
@@ -175,7 +196,8 @@ def _peak_rss_child(model: str, task: str, precision: str) -> None:
 
     config = get_preset_config(PRESET)
     chosen = OpenLLMForCausalLM(config) if model == "ours" else LlamaForCausalLM(llama_config(config))
-    runner = (Trainer if task == "training" else Generator)(chosen, precision)
+    setup = list(SETUP_NAMES)[int(setup_index)]
+    runner = Trainer(chosen, precision, setup) if task == "training" else Generator(chosen, precision)
     for _ in range(2):
         runner.step()
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec
@@ -194,25 +216,31 @@ def main(write_readme: bool = False):
     config = ours.config
 
     rows = []
-    cells = [("training", Trainer, {}, TRAIN_WARMUP, TRAIN_STEPS, BATCH * SEQ_LEN, True)]
+    cells = [("training", Trainer, {"setup": setup}, TRAIN_WARMUP, TRAIN_STEPS, BATCH * SEQ_LEN, True)
+             for setup in SETUP_NAMES]
     cells += [(f"generation, batch {b}", Generator, {"batch": b}, GEN_WARMUP, GEN_RUNS, NEW_TOKENS * b, False)
               for b in GEN_BATCHES]
     for task, runner_class, kwargs, warmup, steps, tokens, training in cells:
         seq = SEQ_LEN if training else PROMPT_LEN + NEW_TOKENS // 2  # mean context length while generating
         flops = flops_per_token(config, seq, training)
+        setup = kwargs.get("setup", EAGER)
         for precision in PRECISIONS:
             runners = {"ours": runner_class(ours, precision, **kwargs), "llama": runner_class(llama, precision,
                                                                                               **kwargs)}
             times = interleaved(runners, warmup, steps)
             rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-            rss = {name: peak_rss_mib(name, task.split(",")[0], precision) for name in runners}
-            row = dict(task=task, precision=precision, ours=rate["ours"], llama=rate["llama"],
-                       ratio=rate["ours"] / rate["llama"], mfu=rate["ours"] * flops / (peak[precision] * 1e9),
-                       rss_ours=rss["ours"], rss_llama=rss["llama"])
+            rss = {name: peak_rss_mib(name, task.split(",")[0], precision, setup) for name in runners}
+            row = dict(task=task, precision=precision, setup=SETUP_NAMES[setup], ours=rate["ours"],
+                       llama=rate["llama"], ratio=rate["ours"] / rate["llama"],
+                       mfu=rate["ours"] * flops / (peak[precision] * 1e9), rss_ours=rss["ours"],
+                       rss_llama=rss["llama"])
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    breakdown = {precision: profile_breakdown(ours, precision) for precision in PRECISIONS}
+    # before: the eager step in each precision; after: the fastest bf16 setup
+    profiled = [(precision, EAGER) for precision in PRECISIONS] + [(PRECISIONS[-1], COMPILED_EAGER_ATTENTION)]
+    breakdown = {label(precision, SETUP_NAMES[setup]): profile_breakdown(ours, precision, setup)
+                 for precision, setup in profiled}
     print(json.dumps(breakdown), flush=True)
     table = render(rows, peak, config, breakdown)
     print(table)
@@ -220,6 +248,10 @@ def main(write_readme: bool = False):
         from readme import write_section
 
         write_section("model", table)
+
+
+def label(precision: str, setup: str) -> str:
+    return ("bf16 autocast" if precision == "bf16" else precision) + ("" if setup == "eager" else f", {setup}")
 
 
 def render(rows, peak, config, breakdown) -> str:
@@ -234,33 +266,34 @@ def render(rows, peak, config, breakdown) -> str:
         f"{torch.get_num_threads()} threads; matmul peak measured in the run (best of {PEAK_REPEATS} square "
         f"products of {' and '.join(map(str, PEAK_SIZES))}): {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.3g} "
         f"GFLOP/s bf16{emulated}. "
-        f"Training: batch {BATCH}×{SEQ_LEN}, forward + backward + AdamW. "
+        f"Training: batch {BATCH}×{SEQ_LEN}, forward + backward + AdamW, eager or compiled (`torch.compile`, both "
+        f"models, the first steps' compilation left out of the timing). "
         f"Generation: greedy, batch {' and '.join(map(str, GEN_BATCHES))}, {PROMPT_LEN}-token prompt, "
         f"{NEW_TOKENS} new tokens, KV cache.",
         "",
-        "| task | precision | OpenLLM tokens/s | Llama tokens/s | OpenLLM / Llama | OpenLLM MFU | "
+        "| task | setup | OpenLLM tokens/s | Llama tokens/s | OpenLLM / Llama | OpenLLM MFU | "
         "peak RSS OpenLLM / Llama (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        precision = "bf16 autocast" if r["precision"] == "bf16" else "fp32"
-        lines.append(f"| {r['task']} | {precision} | {r['ours']:,.0f} | {r['llama']:,.0f} | {r['ratio']:.2f}× | "
-                     f"{r['mfu']:.0%} | {r['rss_ours']:,.0f} / {r['rss_llama']:,.0f} |")
+        lines.append(f"| {r['task']} | {label(r['precision'], r['setup'])} | {r['ours']:,.0f} | {r['llama']:,.0f} | "
+                     f"{r['ratio']:.2f}× | {r['mfu']:.0%} | {r['rss_ours']:,.0f} / {r['rss_llama']:,.0f} |")
     lines += [
         "",
         "The architectures compute the same logits; the one difference is the training loss: OpenLLM computes "
         "transformers' causal-LM cross-entropy (same value, same `num_items_in_batch` semantics) block by block in "
-        "fp32, without full-size fp32 copies of the 32k-vocabulary logits, their log-softmax and their gradient. "
-        "Both models train with fused AdamW (the Trainer's default) and attention through SDPA. Timings are medians "
-        "of interleaved runs, so both models see the same machine state; single numbers move by several percent from "
-        "run to run (generation, dominated by per-token Python overhead, the most), the ratio column is the steadier "
-        "one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in the run; "
-        "torch.compile was tried and left out (about two minutes of compilation, no faster steps on this CPU).",
+        "fp32, without full-size fp32 copies of the 32k-vocabulary logits, their log-softmax and their gradient "
+        "(compiled, it takes the plain form, whose upcast inductor fuses into the softmax). Both models train with "
+        "fused AdamW (the Trainer's default) and attention through SDPA unless the row says eager. Timings are "
+        "medians of interleaved runs, so both models see the same machine state; single numbers move by several "
+        "percent from run to run (generation, dominated by per-token Python overhead, the most), the ratio column is "
+        "the steadier one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in "
+        "the run.",
         "",
-        f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op, "
-        f"{BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",
+        f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op or compiled "
+        f"graph, {BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",
         "",
-        "| share of step time | " + " | ".join("bf16 autocast" if p == "bf16" else p for p in breakdown) + " |",
+        "| share of step time | " + " | ".join(breakdown) + " |",
         "|---|" + "---|" * len(breakdown),
     ]
     for category in next(iter(breakdown.values())):
@@ -271,7 +304,7 @@ def render(rows, peak, config, breakdown) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--peak-rss", nargs=3, metavar=("MODEL", "TASK", "PRECISION"))
+    parser.add_argument("--peak-rss", nargs=4, metavar=("MODEL", "TASK", "PRECISION", "SETUP"))
     args = parser.parse_args()
     if args.peak_rss:
         _peak_rss_child(*args.peak_rss)

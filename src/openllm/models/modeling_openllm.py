@@ -397,10 +397,15 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     logits = logits.reshape(-1, vocab_size)
     targets = shift_labels.reshape(-1).to(logits.device)
-    # 8 MiB of fp32 rows per block on a CPU (near cache-sized, yet few parallel regions); far larger blocks on
-    # accelerators, where every block costs kernel launches
-    block = max(1, (2**23 if logits.device.type == "cpu" else 2**28) // (4 * vocab_size))
-    total = _CrossEntropySum.apply(logits, targets, ignore_index, block)
+    if torch.compiler.is_compiling():
+        # inductor fuses the upcast into the softmax's own passes, so the plain form never holds fp32 logits whole
+        # either, and it runs faster than the blockwise one traced by dynamo
+        total = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
+    else:
+        # 8 MiB of fp32 rows per block on a CPU (near cache-sized, yet few parallel regions); far larger blocks on
+        # accelerators, where every block costs kernel launches
+        block = max(1, (2**23 if logits.device.type == "cpu" else 2**28) // (4 * vocab_size))
+        total = _CrossEntropySum.apply(logits, targets, ignore_index, block)
     if num_items_in_batch is None:
         return total / (targets != ignore_index).sum()
     if torch.is_tensor(num_items_in_batch):
