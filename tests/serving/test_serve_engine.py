@@ -55,9 +55,12 @@ def test_seeded_sampling_is_independent_of_the_batch(tiny):
                                  (ids, SamplingParams(**params)),
                                  (tokenizer("a language model")["input_ids"], SamplingParams(max_new_tokens=30))])
         (other_seed,) = run_all(engine, [(ids, SamplingParams(**{**params, "seed": 99}))])
+        greedy_ids = tokenizer("a language model")["input_ids"]
+        (greedy_alone,) = run_all(engine, [(greedy_ids, SamplingParams(max_new_tokens=30))])
     finally:
         engine.stop()
     assert crowd[1].generated == alone.generated
+    assert crowd[2].generated == greedy_alone.generated  # a greedy row among sampled ones keeps its argmax
     assert other_seed.generated != alone.generated
 
 
