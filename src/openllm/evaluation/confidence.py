@@ -65,9 +65,11 @@ def token_logprobs_and_entropies(logits, token_ids):
     """Per position: log-probability of `token_ids` and entropy of the distribution, from (seq, vocab) logits."""
     import torch
 
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
     chosen = logprobs.gather(-1, token_ids.reshape(-1, 1).to(logprobs.device)).squeeze(-1)
-    return chosen.cpu(), -(logprobs.exp() * logprobs).sum(-1).cpu()
+    # a second softmax beats `logprobs.exp()`: the serving engine runs this over the whole vocabulary every step
+    return chosen.cpu(), -(torch.softmax(logits, dim=-1) * logprobs).sum(-1).cpu()
 
 
 def check_threshold(threshold: float) -> float:
