@@ -448,3 +448,23 @@ def test_options_survive_save_and_remote_code_load(ids, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
     assert loaded.config.qk_norm and loaded.config.final_logit_softcapping == 5.0
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-6, rtol=0)  # sdpa vs eager
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_mask_is_the_one_transformers_builds(config, padded):
+    """A decode step under SDPA skips transformers' mask builder; the mask it uses instead is the builder's own."""
+    from openllm.models.modeling_openllm import _causal_mask, _decode_step_mask, output_cache
+
+    model = make_model(config, "sdpa")
+    mask = torch.ones(2, 6, dtype=torch.long)
+    if padded:
+        mask[0, :2] = 0
+    cache = output_cache(model(torch.randint(3, VOCAB, (2, 5)), attention_mask=mask[:, :5], use_cache=True))
+    embeds = torch.zeros(2, 1, config.hidden_size)
+    ours = _decode_step_mask(model.config, mask, cache, 1)
+    theirs = _causal_mask(model.config, embeds, mask, torch.tensor([5]), cache, torch.full((2, 1), 5))
+    if not padded:
+        assert ours is None and theirs is None
+    else:
+        assert ours.dtype == theirs.dtype == torch.bool
+        assert torch.equal(ours.expand_as(theirs), theirs)

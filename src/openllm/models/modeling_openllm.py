@@ -60,6 +60,23 @@ def _causal_mask(config, inputs_embeds, attention_mask, cache_position, past_key
     )
 
 
+def _decode_step_mask(config, attention_mask, past_key_values, seq_len):
+    """SDPA's mask for one new token per row over a dynamic cache, or False where the general mask is needed.
+
+    One query attends to every cached key, so only padding needs masking: no mask at all without padding, else the
+    2-D mask as a (batch, 1, 1, keys) boolean. The same tensors transformers' mask builder returns here, without its
+    per-step overhead (a few percent of a small model's decode step).
+    """
+    if (seq_len != 1 or config._attn_implementation != "sdpa" or type(past_key_values) is not DynamicCache
+            or torch.compiler.is_compiling()):  # `.all()` below would break the graph
+        return False
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[-1] != past_key_values.get_seq_length() + 1:
+        return False
+    return None if attention_mask.all() else attention_mask[:, None, None, :].bool()
+
+
 def _attention_function(implementation: Optional[str]) -> Callable:
     if implementation in (None, "eager"):
         return eager_attention_forward
@@ -540,8 +557,10 @@ class OpenLLMModel(OpenLLMPreTrainedModel):
             else:
                 position_ids = cache_position.unsqueeze(0)
 
-        causal_mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache_position, past_key_values,
-                                   position_ids)
+        causal_mask = _decode_step_mask(self.config, attention_mask, past_key_values, seq_len)
+        if causal_mask is False:
+            causal_mask = _causal_mask(self.config, inputs_embeds, attention_mask, cache_position, past_key_values,
+                                       position_ids)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
 
