@@ -70,16 +70,22 @@ def test_chain_killed_then_rerun_finishes_and_a_third_run_changes_nothing(tmp_pa
     recipes, report = shrunk_recipes(tmp_path), tmp_path / "chain_report.json"
     sft_dir = Path(yaml.safe_load((recipes / "chain" / "sft.yaml").read_text())["output_dir"])
 
-    # kill the whole chain (the stage running and the driver) as soon as SFT has written a checkpoint
+    def sft_running_for_a_while() -> bool:  # a checkpoint written, and the report says SFT ran > 0 s
+        running = json.loads(report.read_text()).get("running", {}) if report.is_file() else {}
+        checkpointed = bool(list(sft_dir.glob("checkpoint-*")))
+        return checkpointed and running.get("stage") == "sft" and running["wall_time_s"] > 0
+
+    # kill the whole chain (the stage running and the driver) once SFT has written a checkpoint
     first = chain(recipes, report)
     deadline = time.monotonic() + 300
-    while not list(sft_dir.glob("checkpoint-*")) and first.poll() is None and time.monotonic() < deadline:
+    while not sft_running_for_a_while() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, first.stdout.read()
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     partial = json.loads(report.read_text())
     assert [row["stage"] for row in partial["stages"]] == ["pretrain"] and not partial["complete"]
+    killed_after = partial["running"]["wall_time_s"]  # SFT's time in the killed chain, to the last heartbeat
     pretrain_summary = Path(partial["stages"][0]["output_model"]) / "training_summary.json"
     pretrained_at = pretrain_summary.stat().st_mtime_ns
 
@@ -90,6 +96,10 @@ def test_chain_killed_then_rerun_finishes_and_a_third_run_changes_nothing(tmp_pa
     assert pretrain_summary.stat().st_mtime_ns == pretrained_at
     result = json.loads(report.read_text())
     assert result["complete"] and [row["stage"] for row in result["stages"]] == [s.name for s in STAGES]
+    assert "running" not in result
+    sft_row = result["stages"][1]  # its wall time counts the killed attempt too
+    assert sft_row["interrupted_wall_time_s"] == killed_after and sft_row["wall_time_s"] > killed_after
+    assert all(row["interrupted_wall_time_s"] == 0 for row in result["stages"] if row["stage"] != "sft")
     for row, stage in zip(result["stages"], STAGES):
         summary = json.loads((Path(row["output_model"]) / "training_summary.json").read_text())
         assert row["after"] == summary["metrics"][stage.key] and row["before"] is not None, row

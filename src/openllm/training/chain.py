@@ -61,13 +61,15 @@ def read_yaml(path) -> dict:
         return yaml.safe_load(f)
 
 
-def stage_row(stage: Stage, config: dict, summary: dict, wall_s: float) -> dict:
+def stage_row(stage: Stage, config: dict, summary: dict, wall_s: float, interrupted_s: float = 0.0) -> dict:
+    """One stage's line of the report. `wall_s` counts every attempt; `interrupted_s` is the part spent in attempts
+    that were killed (to within a few seconds: the last heartbeat before the kill)."""
     metrics = summary["metrics"]
     before, after = metrics.get(f"initial_{stage.key}"), metrics.get(stage.key)
     row = {"stage": stage.name, "config": stage.config, "input_model": config.get("model_name_or_path") or "untrained",
            "output_model": config["output_dir"], "metric": stage.metric, "before": before, "after": after,
            "improved": None if before is None or after is None else (after > before) == stage.higher_is_better,
-           "wall_time_s": round(wall_s, 1)}
+           "wall_time_s": round(wall_s, 1), "interrupted_wall_time_s": round(interrupted_s, 1)}
     if stage.name == "dpo":  # what the policy itself prefers, and answers DPO must not cost
         for name, key in (("policy_preference", "eval_preference_accuracy"), ("exact_match", "eval_answer_accuracy")):
             row[name] = {"before": metrics.get(f"initial_{key}"), "after": metrics.get(key)}
@@ -102,14 +104,25 @@ def warn_if_changed(stage: Stage, config: dict, summary: dict) -> None:
               f"what was trained from it) to train it again.", flush=True)
 
 
-def run_stage(stage: Stage, config_path: Path) -> float:
-    """Run the stage's recipe in its own process; returns its wall time. Raises when it fails."""
+HEARTBEAT_S = 2.0  # how often a running stage's wall time so far is written to the report
+
+
+def run_stage(stage: Stage, config_path: Path, heartbeat) -> float:
+    """Run the stage's recipe in its own process; returns its wall time. Raises when it fails. `heartbeat(seconds)`
+    is called every few seconds while it runs, so a chain killed mid-stage still knows how long the stage ran."""
     started = time.perf_counter()
     command = [sys.executable, "-m", "openllm", stage.name, "--config", str(config_path)]
     print(f"\n=== {stage.name}: {' '.join(command[1:])}", flush=True)
-    result = subprocess.run(command)
-    if result.returncode:
-        raise SystemExit(f"openllm chain: the {stage.name} stage failed (exit {result.returncode}); fix what it "
+    process = subprocess.Popen(command)
+    while True:
+        heartbeat(time.perf_counter() - started)
+        try:
+            returncode = process.wait(timeout=HEARTBEAT_S)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if returncode:
+        raise SystemExit(f"openllm chain: the {stage.name} stage failed (exit {returncode}); fix what it "
                          f"printed and run the chain again: finished stages are kept, this one resumes.")
     return time.perf_counter() - started
 
@@ -225,16 +238,27 @@ def run(args):
         return 0
 
     report = {"stages": [], "complete": False}
+    interrupted = previous.get("running") or {}  # the stage a killed chain was running, and for how long
     for stage in STAGES:
         config, summary = configs[stage.name], summaries[stage.name]
+        earlier = interrupted.get("wall_time_s", 0.0) if interrupted.get("stage") == stage.name else 0.0
         if summary is None:
-            wall = run_stage(stage, recipes / stage.config)
+            def heartbeat(seconds, name=stage.name, earlier=earlier):
+                report["running"] = {"stage": name, "wall_time_s": round(earlier + seconds, 1)}
+                atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
+
+            wall = earlier + run_stage(stage, recipes / stage.config, heartbeat)
+            report.pop("running", None)
             summary = read_summary(config["output_dir"])
-        else:  # finished before: keep the wall time the chain measured then, else the stage's own
-            wall = previous_rows.get(stage.name, {}).get("wall_time_s") or summary.get("train_runtime_s") or 0.0
+        else:
+            if stage.name in previous_rows:  # finished before: keep the times the chain measured then
+                row = previous_rows[stage.name]
+                wall, earlier = row["wall_time_s"], row.get("interrupted_wall_time_s", 0.0)
+            else:  # finished just as the chain running it was killed: the time that chain saw, else the stage's own
+                wall, earlier = earlier or summary.get("train_runtime_s") or 0.0, 0.0
             print(f"=== {stage.name}: finished in {config['output_dir']}, kept as it is", flush=True)
             warn_if_changed(stage, config, summary)
-        report["stages"].append(stage_row(stage, config, summary, wall))
+        report["stages"].append(stage_row(stage, config, summary, wall, earlier))
         atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
 
     print("\n=== evaluation: held-out exact match", flush=True)
