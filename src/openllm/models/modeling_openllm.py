@@ -68,7 +68,7 @@ def _decode_step_mask(config, attention_mask, past_key_values, seq_len):
     per-step overhead (a few percent of a small model's decode step).
     """
     if (seq_len != 1 or config._attn_implementation != "sdpa" or type(past_key_values) is not DynamicCache
-            or torch.compiler.is_compiling()):  # `.all()` below would break the graph
+            or torch.compiler.is_compiling() or torch.jit.is_tracing()):  # graphs must not bake in `.all()` below
         return False
     if attention_mask is None:
         return None
