@@ -124,6 +124,34 @@ def test_rerunning_a_finished_pretraining_changes_nothing(pretrain_config, pretr
     assert snapshot(pretrained)["model.safetensors"] == before["model.safetensors"]
 
 
+def test_a_second_run_into_a_busy_output_dir_is_refused_until_the_first_dies(pretrain_config, tmp_path):
+    out = tmp_path / "busy"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from openllm.training.run import lock_output_dir\n"
+                               "lock_output_dir(sys.argv[1]); print('held', flush=True); time.sleep(600)", str(out)],
+                              env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = openllm("none", "pretrain", "--config", pretrain_config, "--output_dir", out)
+        assert refused.returncode == 2, refused.stderr[-3000:]
+        assert f"Another run (process {holder.pid}) is training into {out.resolve()}" in refused.stderr
+        assert not out.exists()  # refused before writing anything
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with its holder, nothing stale is left
+        holder.wait()
+    again = openllm("none", "pretrain", "--config", pretrain_config, "--output_dir", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "training_summary.json").is_file()
+    # a process whose run is over (a notebook's kernel, say) lets the folder go
+    from openllm.training.run import lock_output_dir, unlock_output_dir
+
+    lock_output_dir(out)
+    unlock_output_dir(out)
+    rerun = openllm("none", "pretrain", "--config", pretrain_config, "--output_dir", out)
+    assert rerun.returncode == 0 and f"Run complete: {out}" in rerun.stdout, rerun.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Post-training
 

@@ -1,7 +1,8 @@
 """The run layer every training stage shares (pretraining, SFT, reward, DPO, RLHF; merge writes its card here too).
 
 - **Where a run stands** (`prepare_output_dir`, `resolve_checkpoint`): a finished `output_dir` is reported and left as
-  it is; an interrupted one resumes from its newest *complete* checkpoint; `overwrite_output_dir` starts afresh.
+  it is; an interrupted one resumes from its newest *complete* checkpoint; `overwrite_output_dir` starts afresh. One
+  run at a time trains into an `output_dir` (`lock_output_dir`); a second one is refused, not interleaved.
 - **Crash-safe checkpoints** (`RunTrainerMixin`, mixed into every stage's Trainer by `with_run_layer`): each
   `checkpoint-N` is written into a hidden staging folder and renamed into place once every rank has finished writing
   it, and only then are old checkpoints rotated out. The checkpoint also carries what exact resume needs beyond
@@ -95,13 +96,56 @@ def read_summary(output_dir) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+_held_locks: dict[Path, object] = {}  # open lock files, held for the life of the process
+
+
+class OutputDirInUseError(OSError):
+    """Another live process is training into the same output_dir."""
+
+
+def lock_output_dir(output_dir) -> None:
+    """Hold an exclusive lock on `output_dir` (a hidden `.<name>.lock` file beside it) until this process exits, or
+    refuse when another live process holds it. The operating system drops the lock with its holder, even after a
+    SIGKILL, so a killed run never leaves a stale lock behind."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks to take
+        return
+    output_dir = Path(output_dir).resolve()
+    if output_dir in _held_locks:
+        return
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir.parent / f".{output_dir.name}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise OutputDirInUseError(
+            f"Another run (process {holder}) is training into {output_dir}. Wait for it to finish or stop it, then "
+            "run this command again (it resumes from the newest checkpoint), or choose another output_dir.") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks[output_dir] = handle
+
+
+def unlock_output_dir(output_dir) -> None:
+    """Let other runs at `output_dir` again once this one is done (a notebook's kernel outlives its runs)."""
+    handle = _held_locks.pop(Path(output_dir).resolve(), None)
+    if handle is not None:
+        handle.close()
+
+
 def prepare_output_dir(training_args) -> Optional[dict]:
-    """Call before loading anything. Completes a final folder whose commit a kill interrupted, clears `output_dir`
-    when `overwrite_output_dir` is set, and returns the summary of a run that already finished there (None
-    otherwise): the caller reports it with `report_finished` and stops, so rerunning a finished command changes
-    nothing."""
+    """Call before loading anything. Takes the output_dir's lock, completes a final folder whose commit a kill
+    interrupted, clears `output_dir` when `overwrite_output_dir` is set, and returns the summary of a run that
+    already finished there (None otherwise): the caller reports it with `report_finished` and stops, so rerunning a
+    finished command changes nothing."""
     output_dir = Path(training_args.output_dir)
     if _is_main(training_args):
+        lock_output_dir(output_dir)
         atomic.empty_trash(output_dir)
         if getattr(training_args, "overwrite_output_dir", False):
             if output_dir.exists():
@@ -114,7 +158,10 @@ def prepare_output_dir(training_args) -> Optional[dict]:
     _barrier()
     if getattr(training_args, "overwrite_output_dir", False) or training_args.resume_from_checkpoint:
         return None  # an explicit checkpoint continues a run, finished or not
-    return read_summary(output_dir)
+    summary = read_summary(output_dir)
+    if summary is not None:
+        unlock_output_dir(output_dir)
+    return summary
 
 
 def remove_run_files(output_dir) -> None:
@@ -497,6 +544,7 @@ def save_final(trainer, training_args, summary: dict, extras: Optional[Callable[
         atomic.commit_contents(staging, output_dir, last=SUMMARY_FILE)
         remove_run_files(output_dir)
         logger.info("Saved the model, tokenizer, %s and model card to %s", SUMMARY_FILE, output_dir)
+        unlock_output_dir(output_dir)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -518,7 +566,7 @@ def push(training_args, stage: str) -> Optional[str]:
                        token=training_args.hub_token, commit_message=f"Upload OpenLLM model ({stage})")
 
 
-__all__ = ["SUMMARY_FILE", "setup", "check_distributed", "prepare_output_dir", "finished", "report_finished",
-           "read_summary", "complete_checkpoints", "resolve_checkpoint", "read_run_state", "RunTrainerMixin",
-           "with_run_layer", "train", "precision_of", "describe_hardware", "numbers", "training_summary", "write_card",
-           "save_final", "defer_push", "push"]
+__all__ = ["SUMMARY_FILE", "setup", "check_distributed", "OutputDirInUseError", "lock_output_dir", "unlock_output_dir",
+           "prepare_output_dir", "finished", "report_finished", "read_summary", "complete_checkpoints",
+           "resolve_checkpoint", "read_run_state", "RunTrainerMixin", "with_run_layer", "train", "precision_of",
+           "describe_hardware", "numbers", "training_summary", "write_card", "save_final", "defer_push", "push"]
