@@ -96,7 +96,7 @@ def read_summary(output_dir) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-_held_locks: dict[Path, object] = {}  # open lock files, held for the life of the process
+_held_locks: dict[Path, object] = {}  # the open lock files of the runs this process is training
 
 
 class OutputDirInUseError(OSError):
@@ -125,6 +125,11 @@ def lock_output_dir(output_dir) -> None:
         raise OutputDirInUseError(
             f"Another run (process {holder}) is training into {output_dir}. Wait for it to finish or stop it, then "
             "run this command again (it resumes from the newest checkpoint), or choose another output_dir.") from None
+    except OSError as error:  # a filesystem without locks (some network mounts): train, unguarded
+        handle.close()
+        logger.warning("Could not lock %s (%s); make sure no other run trains into it at the same time.", output_dir,
+                       error)
+        return
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
