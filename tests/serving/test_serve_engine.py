@@ -1,5 +1,6 @@
 """The batching engine in-process: batched results equal unbatched ones, and seeds make sampling reproducible."""
 
+import copy
 import threading
 
 import pytest
@@ -26,12 +27,16 @@ def run_all(engine, requests):
     return seqs
 
 
-def test_batched_greedy_equals_generate(tiny):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # SDPA gets a ready 4-D mask, eager the 2-D one
+def test_batched_greedy_equals_generate(tiny, attention):
     model, tokenizer = tiny
     prompts = ["hello world", "the quick brown fox jumps over", "a", "serving models is fun and the lazy dog"]
     lengths = [12, 20, 5, 16]  # different lengths: rows leave the batch at different steps
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attention)
     engine = Engine(model, tokenizer, max_batch_size=8).start()
     try:
+        assert engine._sdpa_mask == (attention == "sdpa")
         seqs = run_all(engine, [(tokenizer(p)["input_ids"], SamplingParams(max_new_tokens=n))
                                 for p, n in zip(prompts, lengths)])
     finally:
