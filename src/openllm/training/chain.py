@@ -237,29 +237,32 @@ def run(args):
         print(f"\nThe chain is complete ({report_path}). Nothing was changed.")
         return 0
 
+    def save_report():
+        atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
+
     report = {"stages": [], "complete": False}
-    interrupted = previous.get("running") or {}  # the stage a killed chain was running, and for how long
+    killed = previous.get("running") or {}  # the stage a killed chain was running, and for how long
     for stage in STAGES:
         config, summary = configs[stage.name], summaries[stage.name]
-        earlier = interrupted.get("wall_time_s", 0.0) if interrupted.get("stage") == stage.name else 0.0
+        carried = killed.get("wall_time_s", 0.0) if killed.get("stage") == stage.name else 0.0
         if summary is None:
-            def heartbeat(seconds, name=stage.name, earlier=earlier):
-                report["running"] = {"stage": name, "wall_time_s": round(earlier + seconds, 1)}
-                atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
+            def heartbeat(seconds, name=stage.name, carried=carried):
+                report["running"] = {"stage": name, "wall_time_s": round(carried + seconds, 1)}
+                save_report()
 
-            wall = earlier + run_stage(stage, recipes / stage.config, heartbeat)
+            wall, interrupted_s = carried + run_stage(stage, recipes / stage.config, heartbeat), carried
             report.pop("running", None)
             summary = read_summary(config["output_dir"])
         else:
             if stage.name in previous_rows:  # finished before: keep the times the chain measured then
                 row = previous_rows[stage.name]
-                wall, earlier = row["wall_time_s"], row.get("interrupted_wall_time_s", 0.0)
+                wall, interrupted_s = row["wall_time_s"], row.get("interrupted_wall_time_s", 0.0)
             else:  # finished just as the chain running it was killed: the time that chain saw, else the stage's own
-                wall, earlier = earlier or summary.get("train_runtime_s") or 0.0, 0.0
+                wall, interrupted_s = carried or summary.get("train_runtime_s") or 0.0, 0.0
             print(f"=== {stage.name}: finished in {config['output_dir']}, kept as it is", flush=True)
             warn_if_changed(stage, config, summary)
-        report["stages"].append(stage_row(stage, config, summary, wall, earlier))
-        atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
+        report["stages"].append(stage_row(stage, config, summary, wall, interrupted_s))
+        save_report()
 
     print("\n=== evaluation: held-out exact match", flush=True)
     started = time.perf_counter()
@@ -274,7 +277,7 @@ def run(args):
         print(f"  Q: {report['served']['question']}\n  A: {report['served']['completion']!r} "
               f"({verdict(report['served'])})")
     report["complete"] = True
-    atomic.write_text(report_path, json.dumps(report, indent=2) + "\n")
+    save_report()
     print("\n" + markdown_table(report) + f"\n\nReport: {report_path}")
     return 0
 
