@@ -2,20 +2,24 @@
 `openllm.export.convert.to_llama`), measured side by side in one process on this machine.
 
 Training: tokens/s of a full step (forward, backward, AdamW) on batches of random tokens, in eager mode and under
-`torch.compile` (both models compiled, with SDPA or with eager attention). Generation: tokens/s of greedy `generate`
-with the KV cache, batch 1 and 16. Both in fp32 and under bf16 autocast. The two models alternate step by
-step (and swap who goes first), so load from other processes hits both alike; rows report medians. MFU counts
-6·N + 12·L·T·d FLOPs per training token (PaLM's convention, N including the tied embedding as the output layer) and
-2·N + 4·L·T·d per generated token, against a 2048×2048 matmul's GFLOP/s measured in the same run. Peak RSS comes from
-a fresh process per cell that builds only that model and runs only that task (Linux `VmHWM`).
+`torch.compile` (both models compiled, with SDPA or with eager attention), with freed memory reused from step to step
+as every recipe trains (`openllm.training.allocator`); a second table measures that reuse on and off. Generation:
+tokens/s of greedy `generate` with the KV cache, batch 1 and 16. Both in fp32 and under bf16 autocast. The two models
+alternate step by step (and swap who goes first), so load from other processes hits both alike; rows report medians.
+MFU counts 6·N + 12·L·T·d FLOPs per training token (PaLM's convention, N including the tied embedding as the output
+layer) and 2·N + 4·L·T·d per generated token, against the matmul peak measured in the same run (large square
+products). Peak RSS comes from a fresh process per cell that builds only that model and runs only that task (Linux
+`VmHWM`).
 
     python benchmarks/run.py --only model [--write-readme]
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +31,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from openllm.training.allocator import reuse_freed_memory  # noqa: E402
+
 PRESET = "small"
 BATCH, SEQ_LEN = 8, 256  # 2,048 tokens per training step
 TRAIN_WARMUP, TRAIN_STEPS = 2, 8
@@ -36,6 +42,9 @@ GEN_BATCHES = (1, 16)
 EAGER, COMPILED, COMPILED_EAGER_ATTENTION = (False, "sdpa"), (True, "sdpa"), (True, "eager")
 SETUP_NAMES = {EAGER: "eager", COMPILED: "torch.compile", COMPILED_EAGER_ATTENTION: "torch.compile, eager attention"}
 PEAK_SIZES, PEAK_REPEATS = (2048, 3072), 6
+# memory reuse off and on: blocks of steps alternate (a block's first step grows the heap and is not timed)
+REUSE_SETUPS = (("fp32", EAGER), ("bf16", EAGER), ("bf16", COMPILED_EAGER_ATTENTION))
+REUSE_BLOCKS, REUSE_BLOCK_STEPS = 4, 3
 
 
 def native_bf16() -> bool:
@@ -147,16 +156,17 @@ CATEGORIES = {
 }
 
 
-def profile_breakdown(model, precision, setup=EAGER, steps: int = 3) -> dict[str, float]:
+def profile_breakdown(model, precision, setup=EAGER, reuse=True, steps: int = 3) -> dict[str, float]:
     """Share of one training step's self CPU time per category (torch.profiler, after warm-up steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     trainer = Trainer(model, precision, setup)
-    trainer.step()
-    trainer.step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            trainer.step()
+    with reuse_freed_memory() if reuse else contextlib.nullcontext():
+        trainer.step()
+        trainer.step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                trainer.step()
     shares = dict.fromkeys([*CATEGORIES, "other (element-wise, norms, activations...)"], 0.0)
     for event in prof.key_averages():
         name = event.key.lower()
@@ -179,6 +189,39 @@ def interleaved(runners: dict, warmup: int, steps: int) -> dict[str, list[float]
     return times
 
 
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def memory_reuse_rows(model, peak: dict, flops: float) -> list[dict]:
+    """OpenLLM's step with glibc's default allocation (every large block freshly mapped and zero-filled by the
+    kernel) against freed memory reused, in alternating blocks of steps; medians of the timed steps."""
+    rows = []
+    for precision, setup in REUSE_SETUPS:
+        if precision not in PRECISIONS:
+            continue
+        trainer = Trainer(model, precision, setup)
+        trainer.step()  # compiles, if it compiles
+        times, faults = {False: [], True: []}, {False: [], True: []}
+        for block in range(REUSE_BLOCKS):
+            for reuse in (False, True) if block % 2 == 0 else (True, False):
+                with reuse_freed_memory() if reuse else contextlib.nullcontext():
+                    trainer.step()
+                    for _ in range(REUSE_BLOCK_STEPS - 1):
+                        before = page_faults()
+                        times[reuse].append(trainer.step())
+                        faults[reuse].append(page_faults() - before)
+        ms = {reuse: statistics.median(t) * 1e3 for reuse, t in times.items()}
+        row = dict(precision=precision, setup=SETUP_NAMES[setup], ms_default=ms[False], ms_reused=ms[True],
+                   faults_default=statistics.median(faults[False]), faults_reused=statistics.median(faults[True]),
+                   speedup=ms[False] / ms[True],
+                   mfu_default=BATCH * SEQ_LEN / ms[False] * 1e3 * flops / (peak[precision] * 1e9),
+                   mfu_reused=BATCH * SEQ_LEN / ms[True] * 1e3 * flops / (peak[precision] * 1e9))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def peak_rss_mib(model: str, task: str, precision: str, setup=EAGER) -> float:
     """Peak RSS of a fresh process that builds only this model and runs only this cell."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
@@ -197,9 +240,11 @@ def _peak_rss_child(model: str, task: str, precision: str, setup_index: str) -> 
     config = get_preset_config(PRESET)
     chosen = OpenLLMForCausalLM(config) if model == "ours" else LlamaForCausalLM(llama_config(config))
     setup = list(SETUP_NAMES)[int(setup_index)]
-    runner = Trainer(chosen, precision, setup) if task == "training" else Generator(chosen, precision)
-    for _ in range(2):
-        runner.step()
+    training = task == "training"
+    runner = Trainer(chosen, precision, setup) if training else Generator(chosen, precision)
+    with reuse_freed_memory() if training else contextlib.nullcontext():
+        for _ in range(2):
+            runner.step()
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec
     status = Path("/proc/self/status").read_text()
     peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
@@ -227,7 +272,8 @@ def main(write_readme: bool = False):
         for precision in PRECISIONS:
             runners = {"ours": runner_class(ours, precision, **kwargs), "llama": runner_class(llama, precision,
                                                                                               **kwargs)}
-            times = interleaved(runners, warmup, steps)
+            with reuse_freed_memory() if training else contextlib.nullcontext():
+                times = interleaved(runners, warmup, steps)
             rate = {name: tokens / statistics.median(t) for name, t in times.items()}
             rss = {name: peak_rss_mib(name, task.split(",")[0], precision, setup) for name in runners}
             row = dict(task=task, precision=precision, setup=SETUP_NAMES[setup], ours=rate["ours"],
@@ -237,12 +283,17 @@ def main(write_readme: bool = False):
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    # before: the eager step in each precision; after: the fastest bf16 setup
-    profiled = [(precision, EAGER) for precision in PRECISIONS] + [(PRECISIONS[-1], COMPILED_EAGER_ATTENTION)]
-    breakdown = {label(precision, SETUP_NAMES[setup]): profile_breakdown(ours, precision, setup)
-                 for precision, setup in profiled}
+    reuse_rows = memory_reuse_rows(ours, peak, flops_per_token(config, SEQ_LEN, True))
+
+    # before: the eager step in each precision with glibc's default allocation; after: memory reused, then also
+    # the fastest bf16 setup
+    bf16 = PRECISIONS[-1]
+    profiled = [(precision, EAGER, False) for precision in PRECISIONS] + [(bf16, EAGER, True),
+                                                                          (bf16, COMPILED_EAGER_ATTENTION, True)]
+    breakdown = {label(precision, SETUP_NAMES[setup]) + (", memory reused" if reuse else ""):
+                 profile_breakdown(ours, precision, setup, reuse) for precision, setup, reuse in profiled}
     print(json.dumps(breakdown), flush=True)
-    table = render(rows, peak, config, breakdown)
+    table = render(rows, reuse_rows, peak, config, breakdown)
     print(table)
     if write_readme:
         from readme import write_section
@@ -254,7 +305,7 @@ def label(precision: str, setup: str) -> str:
     return ("bf16 autocast" if precision == "bf16" else precision) + ("" if setup == "eager" else f", {setup}")
 
 
-def render(rows, peak, config, breakdown) -> str:
+def render(rows, reuse_rows, peak, config, breakdown) -> str:
     from readme import machine_description
 
     from openllm.models.presets import parameter_counts
@@ -267,7 +318,8 @@ def render(rows, peak, config, breakdown) -> str:
         f"products of {' and '.join(map(str, PEAK_SIZES))}): {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.3g} "
         f"GFLOP/s bf16{emulated}. "
         f"Training: batch {BATCH}×{SEQ_LEN}, forward + backward + AdamW, eager or compiled (`torch.compile`, both "
-        f"models, the first steps' compilation left out of the timing). "
+        f"models, the first steps' compilation left out of the timing), freed memory reused from step to step as "
+        f"the recipes train. "
         f"Generation: greedy, batch {' and '.join(map(str, GEN_BATCHES))}, {PROMPT_LEN}-token prompt, "
         f"{NEW_TOKENS} new tokens, KV cache.",
         "",
@@ -289,6 +341,18 @@ def render(rows, peak, config, breakdown) -> str:
         "percent from run to run (generation, dominated by per-token Python overhead, the most), the ratio column is "
         "the steadier one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in "
         "the run.",
+        "",
+        f"Reusing freed memory (`openllm.training.allocator`, on in every recipe): OpenLLM's step with glibc's "
+        f"default allocation, where the large blocks a step frees go back to the kernel and return as fresh pages it "
+        f"zero-fills on first touch, against freed memory kept for the next step; alternating blocks of "
+        f"{REUSE_BLOCK_STEPS} steps ({REUSE_BLOCKS} of each, the first step of a block not timed), medians.",
+        "",
+        "| setup | ms/step, glibc default | ms/step, memory reused | speed-up | page faults/step, default / "
+        "reused | MFU, default → reused |",
+        "|---|---|---|---|---|---|",
+        *(f"| {label(r['precision'], r['setup'])} | {r['ms_default']:.0f} | {r['ms_reused']:.0f} | "
+          f"{r['speedup']:.2f}× | {r['faults_default']:,.0f} / {r['faults_reused']:,.0f} | "
+          f"{r['mfu_default']:.0%} → {r['mfu_reused']:.0%} |" for r in reuse_rows),
         "",
         f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op or compiled "
         f"graph, {BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",

@@ -1,0 +1,86 @@
+"""A run's freed memory is reused by its next step instead of being faulted in afresh (glibc), and is handed back to
+the OS when the run ends."""
+
+import resource
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from openllm.training.allocator import reuse_freed_memory
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+
+BLOCK = 64 * 2**20  # over glibc's largest adaptive mmap threshold (32 MiB): without reuse, always fresh pages
+PAGES = BLOCK // 4096
+
+
+def page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def faults_to_fill() -> int:
+    before = page_faults()
+    tensor = torch.ones(BLOCK // 4)  # fp32, touches every page
+    del tensor
+    return page_faults() - before
+
+
+def rss_mib() -> float:
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+
+
+def test_freed_memory_stays_in_the_process_inside_the_block_and_is_handed_back_after_it():
+    faults_to_fill()
+    assert faults_to_fill() > PAGES * 0.9  # glibc's default: every large block is a fresh mapping
+    size_mib = 4 * BLOCK / 2**20
+
+    with reuse_freed_memory() as reused:
+        assert reused
+        before = rss_mib()
+        tensor = torch.ones(4 * BLOCK // 4)
+        del tensor
+        assert rss_mib() > before + 0.9 * size_mib  # freed, and kept for the next step
+        with reuse_freed_memory() as nested:  # a nested block keeps the setting when it ends
+            assert nested
+        kept = rss_mib()
+        assert kept > before + 0.9 * size_mib
+
+    assert rss_mib() < kept - 0.9 * size_mib  # handed back when the block ends
+    assert faults_to_fill() > PAGES * 0.9  # and glibc's defaults are back
+
+
+def test_a_training_run_reuses_memory_from_step_to_step(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from openllm import OpenLLMForCausalLM, get_preset_config
+    from openllm.training.run import with_run_layer
+
+    class FaultsPerStep(TrainerCallback):
+        def __init__(self):
+            self.counts = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = page_faults()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.counts.append(page_faults() - self.start)
+
+    # 16 × 64 tokens of 32k-vocabulary fp32 logits: 131 MB, like a small model's step
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32000, (96, 64))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    faults = {}
+    for name, trainer_class in (("transformers", Trainer), ("run layer", with_run_layer(Trainer))):
+        model = OpenLLMForCausalLM(get_preset_config("tiny", vocab_size=32000))
+        args = TrainingArguments(tmp_path / name, max_steps=6, per_device_train_batch_size=16, save_strategy="no",
+                                 report_to=[], disable_tqdm=True, use_cpu=True)
+        counter = FaultsPerStep()
+        trainer_class(model=model, args=args, train_dataset=data, callbacks=[counter]).train()
+        faults[name] = min(counter.counts[1:])  # once the first steps have grown the heap
+    logits_pages = 16 * 64 * 32000 * 4 // 4096
+    assert faults["transformers"] > logits_pages  # the logits and their gradient, faulted in every step
+    assert faults["run layer"] < logits_pages / 20
