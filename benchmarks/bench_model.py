@@ -43,8 +43,9 @@ EAGER, COMPILED, COMPILED_EAGER_ATTENTION = (False, "sdpa"), (True, "sdpa"), (Tr
 SETUP_NAMES = {EAGER: "eager", COMPILED: "torch.compile", COMPILED_EAGER_ATTENTION: "torch.compile, eager attention"}
 PEAK_SIZES, PEAK_REPEATS = (2048, 3072), 6
 # memory reuse off and on: blocks of steps alternate (a block's first step grows the heap and is not timed)
-REUSE_SETUPS = (("fp32", EAGER), ("bf16", EAGER), ("bf16", COMPILED_EAGER_ATTENTION))
-REUSE_BLOCKS, REUSE_BLOCK_STEPS = 4, 3
+REUSE_CELLS = (("ours", "fp32", EAGER), ("ours", "bf16", EAGER), ("llama", "bf16", EAGER),
+               ("ours", "bf16", COMPILED_EAGER_ATTENTION))
+REUSE_ROUNDS, REUSE_STEPS = 2, 4
 
 
 def native_bf16() -> bool:
@@ -193,62 +194,62 @@ def page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def memory_reuse_rows(model, peak: dict, flops: float) -> list[dict]:
-    """OpenLLM's step with glibc's default allocation (every large block freshly mapped and zero-filled by the
-    kernel) against freed memory reused, in alternating blocks of steps; medians of the timed steps."""
-    rows = []
-    for precision, setup in REUSE_SETUPS:
-        if precision not in PRECISIONS:
-            continue
-        trainer = Trainer(model, precision, setup)
-        trainer.step()  # compiles, if it compiles
-        times, faults = {False: [], True: []}, {False: [], True: []}
-        for block in range(REUSE_BLOCKS):
-            for reuse in (False, True) if block % 2 == 0 else (True, False):
-                with reuse_freed_memory() if reuse else contextlib.nullcontext():
-                    trainer.step()
-                    for _ in range(REUSE_BLOCK_STEPS - 1):
-                        before = page_faults()
-                        times[reuse].append(trainer.step())
-                        faults[reuse].append(page_faults() - before)
-        ms = {reuse: statistics.median(t) * 1e3 for reuse, t in times.items()}
-        row = dict(precision=precision, setup=SETUP_NAMES[setup], ms_default=ms[False], ms_reused=ms[True],
-                   faults_default=statistics.median(faults[False]), faults_reused=statistics.median(faults[True]),
-                   speedup=ms[False] / ms[True],
-                   mfu_default=BATCH * SEQ_LEN / ms[False] * 1e3 * flops / (peak[precision] * 1e9),
-                   mfu_reused=BATCH * SEQ_LEN / ms[True] * 1e3 * flops / (peak[precision] * 1e9))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
-
-
-def peak_rss_mib(model: str, task: str, precision: str, setup=EAGER) -> float:
-    """Peak RSS of a fresh process that builds only this model and runs only this cell."""
+def run_cell(model: str, task: str, precision: str, setup=EAGER, reuse: bool = True, steps: int = 0) -> dict:
+    """A fresh process that builds only this model and runs only this cell: its peak RSS (Linux `VmHWM`) and, for
+    `steps` timed steps after two warm-up ones, each step's seconds and page faults. Fresh, because glibc's heap
+    keeps the shape an earlier cell left it in."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
     setup_index = str(list(SETUP_NAMES).index(setup))
-    out = subprocess.run([sys.executable, __file__, "--peak-rss", model, task, precision, setup_index], env=env,
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+    out = subprocess.run([sys.executable, __file__, "--cell", model, task, precision, setup_index, str(int(reuse)),
+                          str(steps)], env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def _peak_rss_child(model: str, task: str, precision: str, setup_index: str) -> None:
+def _cell_child(model: str, task: str, precision: str, setup_index: str, reuse: str, steps: str) -> None:
     from transformers import LlamaForCausalLM
 
     from openllm import OpenLLMForCausalLM, get_preset_config
     from openllm.export.convert import llama_config
 
     config = get_preset_config(PRESET)
+    torch.manual_seed(0)
     chosen = OpenLLMForCausalLM(config) if model == "ours" else LlamaForCausalLM(llama_config(config))
     setup = list(SETUP_NAMES)[int(setup_index)]
-    training = task == "training"
-    runner = Trainer(chosen, precision, setup) if training else Generator(chosen, precision)
-    with reuse_freed_memory() if training else contextlib.nullcontext():
+    runner = Trainer(chosen, precision, setup) if task == "training" else Generator(chosen, precision)
+    times, faults = [], []
+    with reuse_freed_memory() if reuse == "1" else contextlib.nullcontext():
         for _ in range(2):
             runner.step()
+        for _ in range(int(steps)):
+            before = page_faults()
+            times.append(runner.step())
+            faults.append(page_faults() - before)
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec
     status = Path("/proc/self/status").read_text()
     peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mib": peak_kib / 1024}))
+    print(json.dumps({"peak_rss_mib": peak_kib / 1024, "times": times, "faults": faults}))
+
+
+def memory_reuse_rows(peak: dict, flops: float) -> list[dict]:
+    """A training step with glibc's default allocation against freed memory reused: fresh processes, the two
+    settings alternating; medians over their timed steps, the higher peak RSS."""
+    rows = []
+    for model, precision, setup in REUSE_CELLS:
+        if precision not in PRECISIONS:
+            continue
+        cells = {False: [], True: []}
+        for round_ in range(REUSE_ROUNDS):
+            for reuse in (False, True) if round_ % 2 == 0 else (True, False):
+                cells[reuse].append(run_cell(model, "training", precision, setup, reuse, REUSE_STEPS))
+        ms = {reuse: statistics.median(t for c in runs for t in c["times"]) * 1e3 for reuse, runs in cells.items()}
+        faults = {reuse: statistics.median(f for c in runs for f in c["faults"]) for reuse, runs in cells.items()}
+        rss = {reuse: max(c["peak_rss_mib"] for c in runs) for reuse, runs in cells.items()}
+        mfu = {reuse: BATCH * SEQ_LEN / ms[reuse] * 1e3 * flops / (peak[precision] * 1e9) for reuse in ms}
+        row = dict(model=model, precision=precision, setup=SETUP_NAMES[setup], ms=ms, faults=faults, rss=rss,
+                   mfu=mfu, speedup=ms[False] / ms[True])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def main(write_readme: bool = False):
@@ -275,7 +276,8 @@ def main(write_readme: bool = False):
             with reuse_freed_memory() if training else contextlib.nullcontext():
                 times = interleaved(runners, warmup, steps)
             rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-            rss = {name: peak_rss_mib(name, task.split(",")[0], precision, setup) for name in runners}
+            kind = task.split(",")[0]
+            rss = {name: run_cell(name, kind, precision, setup, reuse=training)["peak_rss_mib"] for name in runners}
             row = dict(task=task, precision=precision, setup=SETUP_NAMES[setup], ours=rate["ours"],
                        llama=rate["llama"], ratio=rate["ours"] / rate["llama"],
                        mfu=rate["ours"] * flops / (peak[precision] * 1e9), rss_ours=rss["ours"],
@@ -283,7 +285,7 @@ def main(write_readme: bool = False):
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    reuse_rows = memory_reuse_rows(ours, peak, flops_per_token(config, SEQ_LEN, True))
+    reuse_rows = memory_reuse_rows(peak, flops_per_token(config, SEQ_LEN, True))
 
     # before: the eager step in each precision with glibc's default allocation; after: memory reused, then also
     # the fastest bf16 setup
@@ -342,17 +344,18 @@ def render(rows, reuse_rows, peak, config, breakdown) -> str:
         "the steadier one. MFU counts 6 × parameters + attention FLOPs per token against the matmul peak measured in "
         "the run.",
         "",
-        f"Reusing freed memory (`openllm.training.allocator`, on in every recipe): OpenLLM's step with glibc's "
-        f"default allocation, where the large blocks a step frees go back to the kernel and return as fresh pages it "
-        f"zero-fills on first touch, against freed memory kept for the next step; alternating blocks of "
-        f"{REUSE_BLOCK_STEPS} steps ({REUSE_BLOCKS} of each, the first step of a block not timed), medians.",
+        f"Reusing freed memory (`openllm.training.allocator`, on in every recipe that trains on CPU): a training "
+        f"step with glibc's default allocation, where the large blocks a step frees go back to the kernel and return "
+        f"as fresh pages it zero-fills on first touch, against freed memory kept for the next step. Each cell is a "
+        f"fresh process (glibc's heap remembers earlier cells), {REUSE_ROUNDS} per setting, alternating; medians of "
+        f"their {REUSE_STEPS} timed steps each, the higher peak RSS.",
         "",
-        "| setup | ms/step, glibc default | ms/step, memory reused | speed-up | page faults/step, default / "
-        "reused | MFU, default → reused |",
-        "|---|---|---|---|---|---|",
-        *(f"| {label(r['precision'], r['setup'])} | {r['ms_default']:.0f} | {r['ms_reused']:.0f} | "
-          f"{r['speedup']:.2f}× | {r['faults_default']:,.0f} / {r['faults_reused']:,.0f} | "
-          f"{r['mfu_default']:.0%} → {r['mfu_reused']:.0%} |" for r in reuse_rows),
+        "| model | setup | ms/step, glibc default → reused | speed-up | page faults/step | MFU | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {'OpenLLM' if r['model'] == 'ours' else 'Llama'} | {label(r['precision'], r['setup'])} | "
+          f"{r['ms'][False]:.0f} → {r['ms'][True]:.0f} | {r['speedup']:.2f}× | {r['faults'][False]:,.0f} → "
+          f"{r['faults'][True]:,.0f} | {r['mfu'][False]:.0%} → {r['mfu'][True]:.0%} | {r['rss'][False]:,.0f} → "
+          f"{r['rss'][True]:,.0f} |" for r in reuse_rows),
         "",
         f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op or compiled "
         f"graph, {BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",
@@ -368,10 +371,10 @@ def render(rows, reuse_rows, peak, config, breakdown) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--peak-rss", nargs=4, metavar=("MODEL", "TASK", "PRECISION", "SETUP"))
+    parser.add_argument("--cell", nargs=6, metavar=("MODEL", "TASK", "PRECISION", "SETUP", "REUSE", "STEPS"))
     args = parser.parse_args()
-    if args.peak_rss:
-        _peak_rss_child(*args.peak_rss)
+    if args.cell:
+        _cell_child(*args.cell)
     else:
         sys.path.insert(0, str(HERE))
         main(write_readme=False)

@@ -9,8 +9,8 @@
   transformers' own state (the loss accumulators, the metrics measured before training, expert load so far).
 - **The final folder** (`save_final`): model, code, tokenizer, `training_summary.json`, evaluation and model card are
   staged and committed together (`openllm.atomic.commit_contents`), the summary last: it marks the run finished.
-- **Memory reused across steps** (`openllm.training.allocator`): while a run trains, a step's freed memory stays in
-  the process for the next step instead of being faulted in afresh (a quarter of a CPU step otherwise).
+- **Memory reused across steps** (`openllm.training.allocator`): while a run trains on CPU, a step's freed memory
+  stays in the process for the next step instead of being faulted in afresh.
 - **One summary schema** (`training_summary`), one hardware/precision description, one expert-load log
   (`expert_load/*`), logging setup, and the Hub push deferred to the end (`defer_push`, `push`).
 """
@@ -309,7 +309,8 @@ class RunTrainerMixin:
         eval_on_start = self.args.eval_on_start
         self.args.eval_on_start = eval_on_start and not resume_from_checkpoint  # it is in the resumed history
         try:
-            with reuse_freed_memory():
+            # on accelerators a step's tensors live in the device's caching allocator already
+            with reuse_freed_memory() if self.args.device.type == "cpu" else contextlib.nullcontext():
                 output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         finally:
             self.args.eval_on_start = eval_on_start
