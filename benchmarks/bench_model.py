@@ -157,17 +157,13 @@ CATEGORIES = {
 }
 
 
-def profile_breakdown(model, precision, setup=EAGER, reuse=True, steps: int = 3) -> dict[str, float]:
-    """Share of one training step's self CPU time per category (torch.profiler, after warm-up steps)."""
+def profile_breakdown(runner: "Trainer", steps: int = 3) -> dict[str, float]:
+    """Share of one training step's self CPU time per category (torch.profiler, after the runner's warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = Trainer(model, precision, setup)
-    with reuse_freed_memory() if reuse else contextlib.nullcontext():
-        trainer.step()
-        trainer.step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            runner.step()
     shares = dict.fromkeys([*CATEGORIES, "other (element-wise, norms, activations...)"], 0.0)
     for event in prof.key_averages():
         name = event.key.lower()
@@ -195,9 +191,10 @@ def page_faults() -> int:
 
 
 def run_cell(model: str, task: str, precision: str, setup=EAGER, reuse: bool = True, steps: int = 0) -> dict:
-    """A fresh process that builds only this model and runs only this cell: its peak RSS (Linux `VmHWM`) and, for
-    `steps` timed steps after two warm-up ones, each step's seconds and page faults. Fresh, because glibc's heap
-    keeps the shape an earlier cell left it in."""
+    """A fresh process that builds only this model and runs only this cell (task `training`, `generation`, or
+    `profile`: training under torch.profiler): its peak RSS (Linux `VmHWM`) and, for `steps` steps after two warm-up
+    ones, each step's seconds and page faults, or the profile's shares. Fresh, because glibc's heap keeps the shape
+    an earlier cell left it in."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
     setup_index = str(list(SETUP_NAMES).index(setup))
     out = subprocess.run([sys.executable, __file__, "--cell", model, task, precision, setup_index, str(int(reuse)),
@@ -215,19 +212,21 @@ def _cell_child(model: str, task: str, precision: str, setup_index: str, reuse: 
     torch.manual_seed(0)
     chosen = OpenLLMForCausalLM(config) if model == "ours" else LlamaForCausalLM(llama_config(config))
     setup = list(SETUP_NAMES)[int(setup_index)]
-    runner = Trainer(chosen, precision, setup) if task == "training" else Generator(chosen, precision)
-    times, faults = [], []
+    runner = Generator(chosen, precision) if task == "generation" else Trainer(chosen, precision, setup)
+    result = {"times": [], "faults": []}
     with reuse_freed_memory() if reuse == "1" else contextlib.nullcontext():
         for _ in range(2):
             runner.step()
-        for _ in range(int(steps)):
+        if task == "profile":
+            result["profile"] = profile_breakdown(runner, int(steps))
+        for _ in range(0 if task == "profile" else int(steps)):
             before = page_faults()
-            times.append(runner.step())
-            faults.append(page_faults() - before)
+            result["times"].append(runner.step())
+            result["faults"].append(page_faults() - before)
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec
     status = Path("/proc/self/status").read_text()
     peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_rss_mib": peak_kib / 1024, "times": times, "faults": faults}))
+    print(json.dumps({"peak_rss_mib": peak_kib / 1024, **result}))
 
 
 def memory_reuse_rows(peak: dict, flops: float) -> list[dict]:
@@ -293,7 +292,8 @@ def main(write_readme: bool = False):
     profiled = [(precision, EAGER, False) for precision in PRECISIONS] + [(bf16, EAGER, True),
                                                                           (bf16, COMPILED_EAGER_ATTENTION, True)]
     breakdown = {label(precision, SETUP_NAMES[setup]) + (", memory reused" if reuse else ""):
-                 profile_breakdown(ours, precision, setup, reuse) for precision, setup, reuse in profiled}
+                 run_cell("ours", "profile", precision, setup, reuse, steps=3)["profile"]
+                 for precision, setup, reuse in profiled}
     print(json.dumps(breakdown), flush=True)
     table = render(rows, reuse_rows, peak, config, breakdown)
     print(table)
@@ -358,7 +358,8 @@ def render(rows, reuse_rows, peak, config, breakdown) -> str:
           f"{r['rss'][True]:,.0f} |" for r in reuse_rows),
         "",
         f"Where OpenLLM's training step spends its CPU time (`torch.profiler`, self time of each ATen op or compiled "
-        f"graph, {BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW):",
+        f"graph, {BATCH}×{SEQ_LEN} tokens, forward + backward + AdamW, a fresh process per column; page faults count "
+        f"in the op that first touches the page):",
         "",
         "| share of step time | " + " | ".join(breakdown) + " |",
         "|---|" + "---|" * len(breakdown),
