@@ -2,8 +2,8 @@
 
 glibc's `malloc` serves large blocks (from 128 KiB, adapting up to 32 MiB, and always beyond) with fresh `mmap`ed
 pages and unmaps them on `free`. A training step allocates and frees the same few hundred MiB of activations, logits
-and gradients every step, so each step faults all of it in again and the kernel zero-fills every page: ~150,000 page
-faults per step for `small` at 8×256, a quarter of a bf16 step on a 2-core CPU. Caching allocators (CUDA's in
+and gradients every step, so each step faults all of it in again and the kernel zero-fills every page: 100,000 to
+180,000 page faults per step for `small` at 8×256, 10-25% of the step on a 2-core CPU. Caching allocators (CUDA's in
 PyTorch, jemalloc, tcmalloc) keep freed blocks for reuse; glibc does the same once told to serve every block from its
 heap and not to trim the heap. `reuse_freed_memory` tells it so for the length of a run and puts glibc's defaults back
 afterwards, returning the memory (a notebook's kernel outlives its runs). Elsewhere than glibc it does nothing.
