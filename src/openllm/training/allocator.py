@@ -7,6 +7,9 @@ and gradients every step, so each step faults all of it in again and the kernel 
 PyTorch, jemalloc, tcmalloc) keep freed blocks for reuse; glibc does the same once told to serve every block from its
 heap and not to trim the heap. `reuse_freed_memory` tells it so for the length of a run and puts glibc's defaults back
 afterwards, returning the memory (a notebook's kernel outlives its runs). Elsewhere than glibc it does nothing.
+
+The price: a heap cannot give a freed hole to a larger block, so peak RSS grows where a step's block sizes vary
+(measured for `small`: +1% in bf16 and +9% in fp32 for OpenLLM, +29% for transformers' Llama with its fp32 logits).
 """
 
 from __future__ import annotations
