@@ -28,7 +28,7 @@ SPEED_TOLERANCE = 0.03  # variants this close to the recipe's tokens/s keep its 
 COSINE = {"lr_scheduler_type": "cosine", "lr_scheduler_kwargs": "{}"}
 VARIANTS = {
     "recipe as is": ({}, {}),
-    "previous recipe: AdamW, cosine, lr 1e-3": ({}, {"optim": "adamw_torch_fused", "learning_rate": 1e-3, **COSINE}),
+    "common baseline: AdamW, cosine, lr 1e-3": ({}, {"optim": "adamw_torch_fused", "learning_rate": 1e-3, **COSINE}),
     "AdamW instead of Muon": ({}, {"optim": "adamw_torch_fused"}),
     "cosine instead of WSD": ({}, COSINE),
     "qk_norm": ({"qk_norm": True}, {}),
