@@ -42,7 +42,7 @@ GEN_BATCHES = (1, 16)
 EAGER, COMPILED, COMPILED_EAGER_ATTENTION = (False, "sdpa"), (True, "sdpa"), (True, "eager")
 SETUP_NAMES = {EAGER: "eager", COMPILED: "torch.compile", COMPILED_EAGER_ATTENTION: "torch.compile, eager attention"}
 PEAK_SIZES, PEAK_REPEATS = (2048, 3072), 6
-# memory reuse off and on: blocks of steps alternate (a block's first step grows the heap and is not timed)
+# memory reuse off and on: fresh processes alternate, each timing REUSE_STEPS steps after two warm-up ones
 REUSE_CELLS = (("ours", "fp32", EAGER), ("ours", "bf16", EAGER), ("llama", "bf16", EAGER),
                ("ours", "bf16", COMPILED_EAGER_ATTENTION))
 REUSE_ROUNDS, REUSE_STEPS = 2, 4

@@ -15,7 +15,7 @@ from openllm.training.allocator import reuse_freed_memory
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 
-BLOCK = 64 * 2**20  # over glibc's largest adaptive mmap threshold (32 MiB): without reuse, always fresh pages
+BLOCK = 128 * 2**20  # over glibc's largest adaptive mmap threshold (32 MiB) and any hole earlier tests left
 PAGES = BLOCK // 4096
 ROOT = Path(__file__).resolve().parents[2]
 
