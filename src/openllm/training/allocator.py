@@ -26,7 +26,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 NEVER_TRIM = 2**31 - 1  # mallopt takes a C int
 
-_open_blocks: list[bool] = []  # whether the outermost open block could apply the setting, once per open block
+_applied: bool | None = None  # while a block is open: whether it could apply the setting
 
 
 def _glibc():
@@ -44,24 +44,20 @@ def reuse_freed_memory() -> Iterator[bool]:
     """Within the block, memory freed by one training step stays in the process for the next. Yields whether it does
     (glibc only). A nested block keeps the outermost one's setting; leaving the outermost restores glibc's defaults
     and releases the kept memory."""
-    if _open_blocks:
-        _open_blocks.append(_open_blocks[0])
-        try:
-            yield _open_blocks[0]
-        finally:
-            _open_blocks.pop()
+    global _applied
+    if _applied is not None:  # nested: the outermost block's setting holds, and the outermost restores it
+        yield _applied
         return
     libc = _glibc()
-    applied = libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0))
-    if applied:
+    _applied = libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0))
+    if _applied:
         libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
     else:
         logger.debug("Freed memory goes back to the OS between steps: the C library is not glibc.")
-    _open_blocks.append(applied)
     try:
-        yield applied
+        yield _applied
     finally:
-        _open_blocks.pop()
+        applied, _applied = _applied, None
         if applied:
             libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
             libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
