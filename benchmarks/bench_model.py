@@ -219,10 +219,11 @@ def _cell_child(model: str, task: str, precision: str, setup_index: str, reuse: 
             runner.step()
         if task == "profile":
             result["profile"] = profile_breakdown(runner, int(steps))
-        for _ in range(0 if task == "profile" else int(steps)):
-            before = page_faults()
-            result["times"].append(runner.step())
-            result["faults"].append(page_faults() - before)
+        else:
+            for _ in range(int(steps)):
+                before = page_faults()
+                result["times"].append(runner.step())
+                result["faults"].append(page_faults() - before)
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec
     status = Path("/proc/self/status").read_text()
     peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
