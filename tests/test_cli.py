@@ -2,7 +2,7 @@
 
 import pytest
 
-from openllm.cli import main
+from openllm_cli import main
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -29,7 +29,7 @@ def test_help_lists_the_chain_in_order_without_importing_torch():
     from pathlib import Path
 
     src = Path(__file__).resolve().parents[1] / "src"
-    code = ("import sys\nfrom openllm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom openllm_cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
@@ -63,3 +63,48 @@ def test_stage_command_parses_like_its_recipe(stage, monkeypatch):
     assert main([stage, *argv]) == 0
     assert [repr(a) for a in got[0]] == [repr(a) for a in expected]
     assert [a.learning_rate for a in got[0] if hasattr(a, "learning_rate")] == [0.123]
+
+
+def _python(code: str, cwd=None) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_import_openllm_registers_the_auto_classes():
+    out = _python("import openllm\nfrom transformers import AutoConfig, AutoModelForCausalLM\n"
+                  "config = AutoConfig.for_model('openllm', hidden_size=32, num_hidden_layers=1, num_attention_heads=2,"
+                  " num_key_value_heads=1, intermediate_size=64, vocab_size=50)\n"
+                  "print(type(config).__name__, type(AutoModelForCausalLM.from_config(config)).__name__)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["OpenLLMConfig", "OpenLLMForCausalLM"]
+
+
+def test_a_missing_extra_is_named_in_one_line(tmp_path):
+    """Without trl (absent in the transformers-4.57 environment; hidden here where it is installed), a training
+    command says which extra to install instead of a traceback."""
+    code = ("import sys, importlib.util\n"
+            "if importlib.util.find_spec('trl'):\n    sys.modules['trl'] = None  # as if not installed\n"
+            "from openllm_cli import main\n"
+            "sys.exit(main(['sft', '--config', 'sft_debug.yaml']))")
+    out = _python(code, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "openllm sft: needs trl, which is not installed: pip install 'openllm-hf[train]'"]
+
+
+def test_config_names_a_shipped_recipe_from_any_folder(tmp_path, monkeypatch):
+    from openllm.resources import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recipe("pretrain_quickstart.yaml").endswith("recipes/pretrain_quickstart.yaml")
+    assert resolve_recipe("chain/sft").endswith("recipes/chain/sft.yaml")
+    (tmp_path / "pretrain_quickstart.yaml").write_text("max_steps: 1\n")
+    assert resolve_recipe("pretrain_quickstart.yaml") == "pretrain_quickstart.yaml"  # a local file wins
+    with pytest.raises(FileNotFoundError, match="No recipe 'nope.yaml'.*pretrain_quickstart.yaml"):
+        resolve_recipe("nope.yaml")
