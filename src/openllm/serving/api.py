@@ -5,7 +5,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -101,22 +101,19 @@ async def read_json(request: Request, schema: type[BaseModel], limit: int) -> Ba
     return validate(request, await read_body(request, limit), schema)
 
 
-def length_checker(context: int, default_max_new_tokens: int) -> Callable:
-    def check_length(prompt_ids: list[int], max_new_tokens: Optional[int], param: str, new_param: str, status: int):
-        """`max_new_tokens` to use, after checking that the prompt and the requested tokens fit the context."""
-        if not prompt_ids:
-            raise APIError(status, f"`{param}` tokenizes to no tokens; send some text.", param=param)
-        if len(prompt_ids) >= context:
-            raise APIError(status, f"`{param}` has {len(prompt_ids)} tokens but the model's context window is "
-                                   f"{context} tokens; shorten it (leave room for the tokens to generate).",
-                           param=param)
-        if max_new_tokens is not None and len(prompt_ids) + max_new_tokens > context:
-            raise APIError(status, f"`{param}` tokens + `{new_param}` must be <= {context}. Given: "
-                                   f"{len(prompt_ids)} `{param}` tokens and {max_new_tokens} `{new_param}`; lower "
-                                   f"`{new_param}` or shorten the input.", param=new_param)
-        return max_new_tokens or min(default_max_new_tokens, context - len(prompt_ids))
-
-    return check_length
+def check_length(prompt_ids: list[int], max_new_tokens: Optional[int], param: str, new_param: str, status: int,
+                 context: int, default_max_new_tokens: int) -> int:
+    """`max_new_tokens` to use, after checking that the prompt and the requested tokens fit the context."""
+    if not prompt_ids:
+        raise APIError(status, f"`{param}` tokenizes to no tokens; send some text.", param=param)
+    if len(prompt_ids) >= context:
+        raise APIError(status, f"`{param}` has {len(prompt_ids)} tokens but the model's context window is "
+                               f"{context} tokens; shorten it (leave room for the tokens to generate).", param=param)
+    if max_new_tokens is not None and len(prompt_ids) + max_new_tokens > context:
+        raise APIError(status, f"`{param}` tokens + `{new_param}` must be <= {context}. Given: "
+                               f"{len(prompt_ids)} `{param}` tokens and {max_new_tokens} `{new_param}`; lower "
+                               f"`{new_param}` or shorten the input.", param=new_param)
+    return max_new_tokens or min(default_max_new_tokens, context - len(prompt_ids))
 
 
 class ClientDisconnected(Exception):

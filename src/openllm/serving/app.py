@@ -1,5 +1,7 @@
-"""The HTTP application: TGI routes (`/`, `/generate`, `/generate_stream`, `/tokenize`, `/info`), OpenAI routes
-(`/v1/completions`, `/v1/chat/completions`, `/v1/models`), `/health`, `/metrics`, `/model-info`, and the chat page.
+"""The HTTP application: one router per family of routes, each a module of its own: `tgi_routes` (`/`, `/generate`,
+`/generate_stream`, `/tokenize`, `/info`), `openai_routes` (`/v1/completions`, `/v1/chat/completions`, `/v1/models`),
+`server_routes` (`/health`, `/metrics`, `/model-info`, `GET /`) and `chat_page` (`/chat`). The routes read the
+engine, the settings and the metrics from `app.state`.
 
 Every route hands its request to the shared `Engine` and awaits the tokens it reports, so requests from many
 clients are generated together in one batch; the event loop never runs the model.
@@ -8,92 +10,71 @@ clients are generated together in one batch; the event loop never runs the model
 import asyncio
 import hmac
 import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import APIError, Dispatcher, ServerConfig, error_response, length_checker
-from .chat_page import chat_page
+from . import chat_page, openai_routes, server_routes, tgi_routes
+from .api import APIError, Dispatcher, ServerConfig, error_response
 from .engine import Engine
 from .metrics import ServerMetrics
-from .openai_routes import add_openai_routes
-from .protocol import tgi_error
-from .tgi_routes import add_tgi_routes
 
 ROUTES = ("/", "/generate", "/generate_stream", "/tokenize", "/info", "/health", "/metrics", "/model-info",
           "/v1/models", "/v1/completions", "/v1/chat/completions", "/chat")
 
-__all__ = ["ServerConfig", "create_app"]
+__all__ = ["ServerConfig", "create_app", "init_app_state", "lifespan"]
 
 
 def create_app(engine: Engine, config: ServerConfig) -> FastAPI:
+    app = FastAPI(title="OpenLLM server", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    init_app_state(app, engine, config)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+    app.add_middleware(GuardMiddleware, config=config, metrics=app.state.metrics)
+    app.include_router(tgi_routes.router)
+    app.include_router(openai_routes.router)
+    app.include_router(server_routes.router)
+    if config.ui:
+        app.include_router(chat_page.router)
+    return app
+
+
+def init_app_state(app: FastAPI, engine: Engine, config: ServerConfig) -> None:
+    """What every router reads from `app.state`: the engine, the server's settings and its metrics (the engine's
+    own, when it has them, so the engine and the routes count into one registry)."""
     metrics = engine.metrics or ServerMetrics()
     engine.metrics = metrics
     metrics.tokens_per_second.set_function(engine.tokens_per_second)
-    context = engine.context_length
-
-    async def lifespan(app):
-        engine.on_step = Dispatcher(asyncio.get_running_loop())
-        if not engine.alive:
-            engine.start()
-        yield
-        engine.stop()
-
-    app = FastAPI(title="OpenLLM server", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.engine, app.state.config, app.state.metrics = engine, config, metrics
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, error: APIError):
-        return error_response(request.url.path, error)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, error: StarletteHTTPException):
-        kind = "not_found" if error.status_code == 404 else "validation"
-        message = f"No route {request.method} {request.url.path}." if error.status_code in (404, 405) else str(
-            error.detail)
-        return error_response(request.url.path, APIError(error.status_code, message, kind))
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Runs the engine while the app serves; its `Dispatcher` (also `app.state.dispatcher`) hands each step's
+    outputs to the requests on this event loop."""
+    engine = app.state.engine
+    app.state.dispatcher = engine.on_step = Dispatcher(asyncio.get_running_loop())
+    if not engine.alive:
+        engine.start()
+    yield
+    engine.stop()
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception):
-        return error_response(request.url.path, APIError(500, f"{type(error).__name__}: {error}", "internal"))
 
-    app.add_middleware(GuardMiddleware, config=config, metrics=metrics)
+async def api_error(request: Request, error: APIError):
+    return error_response(request.url.path, error)
 
-    check_length = length_checker(context, config.default_max_new_tokens)
-    add_tgi_routes(app, engine, config, metrics, check_length)
-    add_openai_routes(app, engine, config, metrics, check_length)
 
-    @app.get("/health")
-    async def health():
-        """TGI: 200 with an empty body while the generation worker runs; 503 otherwise."""
-        if not engine.alive:
-            return JSONResponse(tgi_error("unhealthy", "healthcheck"), status_code=503)
-        return Response(status_code=200)
+async def http_error(request: Request, error: StarletteHTTPException):
+    kind = "not_found" if error.status_code == 404 else "validation"
+    message = f"No route {request.method} {request.url.path}." if error.status_code in (404, 405) else str(
+        error.detail)
+    return error_response(request.url.path, APIError(error.status_code, message, kind))
 
-    @app.get("/metrics")
-    async def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/model-info")
-    async def model_info():
-        return {"model_id": config.model_name, **(config.model_info or {}), "context_length": context,
-                "chat_template": bool(getattr(engine.tokenizer, "chat_template", None))}
-
-    if config.ui:
-        @app.get("/chat", response_class=HTMLResponse, include_in_schema=False)
-        async def chat():
-            return HTMLResponse(chat_page(config.model_name))
-
-    @app.get("/", include_in_schema=False)
-    async def root(request: Request):
-        if config.ui and "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(chat_page(config.model_name))
-        hint = " The chat page is at /chat." if config.ui else ""
-        raise APIError(404, f"GET / serves the chat page to browsers; the TGI API is POST /.{hint}", "not_found")
-
-    return app
+async def unexpected_error(request: Request, error: Exception):
+    return error_response(request.url.path, APIError(500, f"{type(error).__name__}: {error}", "internal"))
 
 
 def is_public(method: str, path: str, headers: dict) -> bool:

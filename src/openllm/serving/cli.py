@@ -9,9 +9,15 @@ import ipaddress
 import logging
 import os
 
-from ..hub.paths import check_model_path
+import torch
+import uvicorn
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from ..evaluation.confidence import check_threshold
+from ..models.loading import add_loading_arguments, load_causal_lm
+from .api import ServerConfig
+from .app import create_app
+from .engine import Engine
+from .metrics import ServerMetrics
 
 
 def add_arguments(parser):
@@ -19,12 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: loopback only; use 0.0.0.0 to accept remote clients)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub model")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the modeling code shipped with the model (needed for custom architectures)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="weights dtype (auto: bfloat16 on GPUs that support it, else float32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps... (auto: cuda if available)")
+    add_loading_arguments(parser)
     parser.add_argument("--served-model-name", default=None, help="name reported by /info and /v1/models")
     parser.add_argument("--max-batch-size", type=int, default=32, help="requests generated together at most")
     parser.add_argument("--max-queue-size", type=int, default=256,
@@ -48,20 +49,8 @@ def add_arguments(parser):
 
 def load_model(model_id: str, dtype: str = "auto", device: str = "auto", revision=None, trust_remote_code=False):
     """Model (eval mode, on `device`) and tokenizer of a folder or Hub id, plus a summary for /model-info."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    check_model_path(model_id)
-    tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, trust_remote_code=trust_remote_code,
-                                                 dtype=getattr(torch, dtype))
-    model.to(device).eval()
+    model, tokenizer = load_causal_lm(model_id, dtype=dtype, device=device, revision=revision,
+                                      trust_remote_code=trust_remote_code)
     config = model.config
     info = {
         "model_type": config.model_type,
@@ -85,11 +74,6 @@ def context_length(model, tokenizer) -> int:
 
 def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
               max_new_tokens=256, max_body_bytes=1 << 20, api_key=None, ui=True, abstain_below=None):
-    from .api import ServerConfig
-    from .app import create_app
-    from .engine import Engine
-    from .metrics import ServerMetrics
-
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
                     context_length=context_length(model, tokenizer), metrics=ServerMetrics())
     config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
@@ -106,8 +90,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args):
-    import uvicorn
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("openllm.serve")
     for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1),
@@ -116,8 +98,6 @@ def run(args):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
     if args.abstain_below is not None:
-        from ..evaluation.confidence import check_threshold
-
         try:
             check_threshold(args.abstain_below)
         except ValueError as e:
@@ -125,8 +105,6 @@ def run(args):
     if not _is_loopback(args.host) and not args.api_key:
         log.warning("Binding %s without --api-key: anyone who can reach this address can use the model.", args.host)
     if args.num_threads is not None:
-        import torch
-
         torch.set_num_threads(args.num_threads)
     model, tokenizer, info = load_model(args.model, args.dtype, args.device, args.revision, args.trust_remote_code)
     log.info("Loaded %s (%s, %s parameters, %s on %s)", args.model, info["architecture"],

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from ..evaluation.confidence import token_logprobs_and_entropies
 from ..models.modeling_openllm import CACHE, output_cache
@@ -481,8 +482,6 @@ def nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 def _new_cache(model):
-    from transformers import DynamicCache
-
     try:
         return DynamicCache(config=model.config)
     except TypeError:

@@ -1,18 +1,36 @@
 """OpenAI's routes: `/v1/completions`, `/v1/chat/completions` (formatted with the tokenizer's chat template) and
-`/v1/models`, streamed or not, with `logprobs`."""
+`/v1/models`, streamed or not, with `logprobs`.
+
+Each route reads the engine, settings and metrics from `request.app.state` and hands the work to `OpenAIServing`,
+which knows nothing of HTTP but the request it watches for a disconnect."""
 
 import time
 import uuid
-from typing import Optional
+from typing import AsyncIterator, Optional, Union
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..evaluation.confidence import ABSTAIN
-from .api import OPENAI_TYPES, APIError, ClientDisconnected, Generation, collect, each, read_json
-from .engine import SamplingParams, Sequence, StepOutput
+from .api import (
+    OPENAI_TYPES,
+    APIError,
+    ClientDisconnected,
+    Generation,
+    ServerConfig,
+    check_length,
+    collect,
+    each,
+    read_json,
+)
+from .engine import Engine, SamplingParams, Sequence, StepOutput
+from .metrics import ServerMetrics
 from .protocol import OPENAI_FINISH, Completed, chat_logprobs, completion_logprobs, confidence_json, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
+
+OpenAIRequest = Union[CompletionRequest, ChatCompletionRequest]
+
+router = APIRouter()
 
 
 class StopHoldback:
@@ -38,12 +56,58 @@ class StopHoldback:
         return delta
 
 
-def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
-    tokenizer = engine.tokenizer
+def usage(seq: Sequence, completion_tokens: int) -> dict:
+    prompt = len(seq.prompt_ids)
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens}
 
-    def openai_params(body, max_tokens: Optional[int], prompt_ids, top_n: int) -> SamplingParams:
-        max_new = check_length(prompt_ids, max_tokens, "prompt" if isinstance(body, CompletionRequest)
-                               else "messages", "max_tokens", 400)
+
+def abstained_choice(done: Completed, message: str, chat: bool, delta: bool, with_logprobs: bool) -> dict:
+    """The choice of a withheld answer: finish reason `abstain`, no text, and the reason as `refusal` (chat's own
+    field; the same name on completions)."""
+    choice = {"index": 0, "logprobs": None, "finish_reason": ABSTAIN}
+    if chat and delta:
+        choice["delta"] = {"refusal": message}
+    elif chat:
+        choice["message"] = {"role": "assistant", "content": None, "refusal": message}
+    else:
+        choice["text"], choice["refusal"] = "", message
+    if with_logprobs:
+        choice["confidence"] = confidence_json(done.confidence)
+    return choice
+
+
+class OpenAIServing:
+    """The OpenAI routes without HTTP: a request body becomes a prompt and sampling parameters, and what the engine
+    generates becomes a response object or its server-sent events. `rid` and `created` name one response."""
+
+    def __init__(self, engine: Engine, config: ServerConfig, metrics: ServerMetrics):
+        self.engine, self.config, self.metrics = engine, config, metrics
+        self.tokenizer = engine.tokenizer
+
+    def completion_prompt(self, body: CompletionRequest) -> tuple[list[int], SamplingParams]:
+        prompt_ids = self.tokenizer(body.prompt_text)["input_ids"]
+        return prompt_ids, self.sampling_params(body, body.max_tokens, prompt_ids, top_n=body.logprobs or 0)
+
+    def chat_prompt(self, body: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, "This model's tokenizer has no chat template, so it cannot format `messages`. Use "
+                                "/v1/completions, or add a `chat_template` to the tokenizer.", param="messages")
+        try:
+            prompt = self.tokenizer.apply_chat_template([m.as_template_message() for m in body.messages],
+                                                        add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # templates raise on conversations they do not accept (e.g. role order)
+            raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages") from None
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        top_n = (body.top_logprobs or 0) if body.logprobs else 0
+        return prompt_ids, self.sampling_params(body, max_tokens, prompt_ids, top_n=top_n)
+
+    def sampling_params(self, body: OpenAIRequest, max_tokens: Optional[int], prompt_ids: list[int],
+                        top_n: int) -> SamplingParams:
+        param = "prompt" if isinstance(body, CompletionRequest) else "messages"
+        max_new = check_length(prompt_ids, max_tokens, param, "max_tokens", 400, self.engine.context_length,
+                               self.config.default_max_new_tokens)
         temperature = 1.0 if body.temperature is None else body.temperature
         return SamplingParams(
             max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or 1.0,
@@ -51,146 +115,137 @@ def add_openai_routes(app: FastAPI, engine, config, metrics, check_length):
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
             seed=body.seed, stop=body.stop_list, top_n=top_n)
 
-    def usage(seq: Sequence, completion_tokens: int) -> dict:
-        prompt = len(seq.prompt_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                "total_tokens": prompt + completion_tokens}
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        return Generation(self.engine, prompt_ids, params, self.metrics)
 
-    def completion_chunk(kind: str, rid: str, created: int, choice: dict, usage_: Optional[dict] = None) -> dict:
-        return {"id": rid, "object": kind, "created": created, "model": config.model_name, "choices": [choice],
+    def chunk(self, kind: str, rid: str, created: int, choice: dict, usage_: Optional[dict] = None) -> dict:
+        return {"id": rid, "object": kind, "created": created, "model": self.config.model_name, "choices": [choice],
                 **({"usage": usage_} if usage_ is not None else {})}
 
-    async def openai_run(request: Request, body, generation: Generation, chat: bool, prefix: str = ""):
-        seq = generation.seq
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        created = int(time.time())
+    def response(self, done: Completed, body: OpenAIRequest, chat: bool, rid: str, created: int,
+                 prefix: str = "") -> dict:
+        """The whole answer of a non-streaming request (`prefix`: the echoed prompt of a completion)."""
         kind = "chat.completion" if chat else "text_completion"
         want_logprobs = body.logprobs if chat else body.logprobs is not None
-        threshold = config.threshold(body.abstain_below)
-        if not body.stream:
-            try:
-                (done,) = await collect(request, [generation])
-            except ClientDisconnected:
-                return Response(status_code=499)
-            outputs = done.outputs
-            if abstain := done.abstention(threshold):
-                choice = abstained_choice(done, abstain, chat, delta=False, with_logprobs=want_logprobs)
-                return JSONResponse(completion_chunk(kind, rid, created, choice, usage(seq, len(outputs))))
-            holdback = StopHoldback(body.stop_list)
-            text = prefix + "".join(holdback.push(o) for o in outputs)
-            tokens = [o.token for o in outputs]
-            logprobs = None
-            if want_logprobs:
-                logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, len(prefix))
-            choice = {"index": 0, "logprobs": logprobs, "finish_reason": OPENAI_FINISH[outputs[-1].finish_reason]}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": text}
-            else:
-                choice["text"] = text
-            if want_logprobs:
-                choice["confidence"] = confidence_json(done.confidence)
-            return JSONResponse(completion_chunk(kind, rid, created, choice, usage(seq, len(outputs))))
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        kind += ".chunk" if chat else ""
-
-        async def events():
-            holdback = StopHoldback(body.stop_list)
-            count = 0
-            try:
-                if chat:
-                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}
-                    yield sse(completion_chunk(kind, rid, created, first), "data: ")
-                elif prefix:
-                    yield sse(completion_chunk(kind, rid, created, {"index": 0, "text": prefix, "logprobs": None,
-                                                                    "finish_reason": None}), "data: ")
-                outputs, received = generation, []
-                if threshold is not None:  # nothing is sent before the whole answer is known to be kept
-                    outputs = [output async for output in generation]
-                    if not outputs:  # cancelled: the client is gone
-                        return
-                    done = Completed(seq, outputs)
-                    if abstain := done.abstention(threshold):
-                        choice = abstained_choice(done, abstain, chat, delta=True, with_logprobs=want_logprobs)
-                        yield sse(completion_chunk(kind, rid, created, choice), "data: ")
-                        if include_usage:
-                            yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
-                                       "choices": [], "usage": usage(seq, len(outputs))}, "data: ")
-                        yield "data: [DONE]\n\n"
-                        return
-                async for output in each(outputs):
-                    count += 1
-                    received.append(output)
-                    delta = holdback.push(output)
-                    finish = OPENAI_FINISH.get(output.finish_reason) if output.finish_reason else None
-                    if not (delta or want_logprobs or finish):
-                        continue
-                    logprobs = None
-                    if want_logprobs:
-                        logprobs = (chat_logprobs([output.token]) if chat else
-                                    completion_logprobs([output.token], len(prefix) + holdback.sent - len(delta)))
-                    choice = {"index": 0, "logprobs": logprobs, "finish_reason": finish}
-                    if chat:
-                        choice["delta"] = {"content": delta} if delta else {}
-                    else:
-                        choice["text"] = delta
-                    if want_logprobs and finish:
-                        choice["confidence"] = confidence_json(Completed(seq, received).confidence)
-                    yield sse(completion_chunk(kind, rid, created, choice), "data: ")
-                if include_usage:
-                    yield sse({"id": rid, "object": kind, "created": created, "model": config.model_name,
-                               "choices": [], "usage": usage(seq, count)}, "data: ")
-            except APIError as e:
-                yield sse({"error": {"message": e.message, "type": OPENAI_TYPES.get(e.kind, e.kind), "param": None,
-                                     "code": e.status}}, "data: ")
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    def abstained_choice(done: Completed, message: str, chat: bool, delta: bool, with_logprobs: bool) -> dict:
-        """The choice of a withheld answer: finish reason `abstain`, no text, and the reason as `refusal` (chat's own
-        field; the same name on completions)."""
-        choice = {"index": 0, "logprobs": None, "finish_reason": ABSTAIN}
-        if chat and delta:
-            choice["delta"] = {"refusal": message}
-        elif chat:
-            choice["message"] = {"role": "assistant", "content": None, "refusal": message}
+        outputs = done.outputs
+        if abstain := done.abstention(self.config.threshold(body.abstain_below)):
+            choice = abstained_choice(done, abstain, chat, delta=False, with_logprobs=want_logprobs)
+            return self.chunk(kind, rid, created, choice, usage(done.seq, len(outputs)))
+        holdback = StopHoldback(body.stop_list)
+        text = prefix + "".join(holdback.push(o) for o in outputs)
+        tokens = [o.token for o in outputs]
+        logprobs = None
+        if want_logprobs:
+            logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, len(prefix))
+        choice = {"index": 0, "logprobs": logprobs, "finish_reason": OPENAI_FINISH[outputs[-1].finish_reason]}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
         else:
-            choice["text"], choice["refusal"] = "", message
-        if with_logprobs:
+            choice["text"] = text
+        if want_logprobs:
             choice["confidence"] = confidence_json(done.confidence)
-        return choice
+        return self.chunk(kind, rid, created, choice, usage(done.seq, len(outputs)))
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        """OpenAI: complete a prompt."""
-        body = await read_json(request, CompletionRequest, config.max_body_bytes)
-        prompt_ids = tokenizer(body.prompt_text)["input_ids"]
-        params = openai_params(body, body.max_tokens, prompt_ids, top_n=body.logprobs or 0)
-        generation = Generation(engine, prompt_ids, params, metrics)
-        return await openai_run(request, body, generation, chat=False, prefix=body.prompt_text if body.echo else "")
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        """OpenAI: answer a conversation, formatted with the tokenizer's chat template."""
-        body = await read_json(request, ChatCompletionRequest, config.max_body_bytes)
-        if not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, "This model's tokenizer has no chat template, so it cannot format `messages`. Use "
-                                "/v1/completions, or add a `chat_template` to the tokenizer.", param="messages")
+    async def events(self, generation: Generation, body: OpenAIRequest, chat: bool, rid: str, created: int,
+                     prefix: str = "") -> AsyncIterator[str]:
+        """The server-sent events of a streaming request, `data: [DONE]` last."""
+        seq = generation.seq
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        want_logprobs = body.logprobs if chat else body.logprobs is not None
+        threshold = self.config.threshold(body.abstain_below)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        holdback = StopHoldback(body.stop_list)
+        count = 0
         try:
-            prompt = tokenizer.apply_chat_template([m.as_template_message() for m in body.messages],
-                                                   add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # templates raise on conversations they do not accept (e.g. role order)
-            raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages") from None
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        params = openai_params(body, max_tokens, prompt_ids, top_n=(body.top_logprobs or 0) if body.logprobs else 0)
-        generation = Generation(engine, prompt_ids, params, metrics)
-        return await openai_run(request, body, generation, chat=True)
+            if chat:
+                first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                         "finish_reason": None}
+                yield sse(self.chunk(kind, rid, created, first), "data: ")
+            elif prefix:
+                yield sse(self.chunk(kind, rid, created, {"index": 0, "text": prefix, "logprobs": None,
+                                                          "finish_reason": None}), "data: ")
+            outputs, received = generation, []
+            if threshold is not None:  # nothing is sent before the whole answer is known to be kept
+                outputs = [output async for output in generation]
+                if not outputs:  # cancelled: the client is gone
+                    return
+                done = Completed(seq, outputs)
+                if abstain := done.abstention(threshold):
+                    choice = abstained_choice(done, abstain, chat, delta=True, with_logprobs=want_logprobs)
+                    yield sse(self.chunk(kind, rid, created, choice), "data: ")
+                    if include_usage:
+                        yield sse({"id": rid, "object": kind, "created": created, "model": self.config.model_name,
+                                   "choices": [], "usage": usage(seq, len(outputs))}, "data: ")
+                    yield "data: [DONE]\n\n"
+                    return
+            async for output in each(outputs):
+                count += 1
+                received.append(output)
+                delta = holdback.push(output)
+                finish = OPENAI_FINISH.get(output.finish_reason) if output.finish_reason else None
+                if not (delta or want_logprobs or finish):
+                    continue
+                logprobs = None
+                if want_logprobs:
+                    logprobs = (chat_logprobs([output.token]) if chat else
+                                completion_logprobs([output.token], len(prefix) + holdback.sent - len(delta)))
+                choice = {"index": 0, "logprobs": logprobs, "finish_reason": finish}
+                if chat:
+                    choice["delta"] = {"content": delta} if delta else {}
+                else:
+                    choice["text"] = delta
+                if want_logprobs and finish:
+                    choice["confidence"] = confidence_json(Completed(seq, received).confidence)
+                yield sse(self.chunk(kind, rid, created, choice), "data: ")
+            if include_usage:
+                yield sse({"id": rid, "object": kind, "created": created, "model": self.config.model_name,
+                           "choices": [], "usage": usage(seq, count)}, "data: ")
+        except APIError as e:
+            yield sse({"error": {"message": e.message, "type": OPENAI_TYPES.get(e.kind, e.kind), "param": None,
+                                 "code": e.status}}, "data: ")
+        yield "data: [DONE]\n\n"
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
+    async def respond(self, request: Request, body: OpenAIRequest, generation: Generation, chat: bool,
+                      prefix: str = "") -> Response:
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            return StreamingResponse(self.events(generation, body, chat, rid, created, prefix),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            (done,) = await collect(request, [generation])
+        except ClientDisconnected:
+            return Response(status_code=499)
+        return JSONResponse(self.response(done, body, chat, rid, created, prefix))
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model", "created": 0,
                                             "owned_by": "openllm"}]}
 
+
+def serving(request: Request) -> OpenAIServing:
+    state = request.app.state
+    return OpenAIServing(state.engine, state.config, state.metrics)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    """OpenAI: complete a prompt."""
+    openai = serving(request)
+    body = await read_json(request, CompletionRequest, openai.config.max_body_bytes)
+    generation = openai.submit(*openai.completion_prompt(body))
+    return await openai.respond(request, body, generation, chat=False, prefix=body.prompt_text if body.echo else "")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    """OpenAI: answer a conversation, formatted with the tokenizer's chat template."""
+    openai = serving(request)
+    body = await read_json(request, ChatCompletionRequest, openai.config.max_body_bytes)
+    generation = openai.submit(*openai.chat_prompt(body))
+    return await openai.respond(request, body, generation, chat=True)
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    return serving(request).models()
