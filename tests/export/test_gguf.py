@@ -3,12 +3,14 @@ import json
 import gguf
 import pytest
 import torch
-from tiny_checkpoints import make_checkpoint, make_tokenizer
+from tiny_checkpoints import CORPUS, make_checkpoint, make_tokenizer
+from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openllm.cli import main as cli_main
+from openllm.data.tokenizer import train_tokenizer
 from openllm.export import export_gguf
 from openllm.export.gguf import LLAMA3_REGEX, _pre_tokenizer_name, _rotary_permute
+from openllm_cli import main as cli_main
 
 
 def fields(reader) -> dict:
@@ -60,6 +62,32 @@ def test_dense_metadata_and_vocabulary(dense_dir, dense_gguf):
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
     assert meta["tokenizer.ggml.padding_token_id"] == 0
     assert meta["tokenizer.ggml.add_bos_token"] is False  # the test tokenizer adds no BOS
+
+
+def test_tokenizer_metadata_is_what_the_tokenizer_folder_says(tmp_path):
+    chat = train_tokenizer(CORPUS, vocab_size=400, show_progress=False)  # `openllm tokenizer train`: unk, template
+    bos_first = make_tokenizer()
+    bos_first.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                                               special_tokens=[("<s>", 1)])
+    for name, tok in [("chat", chat), ("bos_first", bos_first)]:
+        src = make_checkpoint(tmp_path / name, tokenizer=tok)
+        tok_config = json.loads((src / "tokenizer_config.json").read_text())
+        # an add_bos_token flag contradicting the post-processor, which a fast tokenizer ignores: what it does counts
+        (src / "tokenizer_config.json").write_text(json.dumps({**tok_config, "add_bos_token": name == "chat"}))
+        meta = fields(gguf.GGUFReader(export_gguf(src, tmp_path / f"{name}.gguf", dtype="f32")))
+        tokenizer = AutoTokenizer.from_pretrained(src)
+
+        merges = json.loads((src / "tokenizer.json").read_text())["model"]["merges"]
+        assert len(meta["tokenizer.ggml.merges"]) == len(merges) > 100
+        assert meta["tokenizer.ggml.merges"][:5] == [" ".join(m) for m in merges[:5]]
+        for kind, key in [("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown")]:
+            token = tok_config.get(f"{kind}_token")  # make_tokenizer's has no unk: no key
+            assert meta.get(f"tokenizer.ggml.{key}_token_id") == (token and tokenizer.convert_tokens_to_ids(token))
+        assert meta["tokenizer.ggml.add_bos_token"] is (tokenizer("a").input_ids[0] == tokenizer.bos_token_id)
+        assert meta["tokenizer.ggml.add_bos_token"] is (name == "bos_first")
+        template = src / "chat_template.jinja"
+        assert template.exists() is (name == "chat")
+        assert meta.get("tokenizer.chat_template") == (template.read_text() if template.exists() else None)
 
 
 def test_dense_tensors_match_the_model(dense_dir, dense_gguf):

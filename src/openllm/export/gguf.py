@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .. import atomic
-from ..hub.paths import check_model_path
+from ..models.loading import check_model_path
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -55,7 +55,7 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
     _add_hyperparameters(writer, config)
-    _add_vocabulary(writer, tokenizer, config.vocab_size)
+    _add_vocabulary(writer, tokenizer, config.vocab_size, model_path)
     for name, tensor in _llama_tensors(model):
         _add_tensor(writer, name, tensor, dtype)
 
@@ -119,7 +119,7 @@ def _add_hyperparameters(writer, config) -> None:
         writer.add_tensor("rope_freqs.weight", factors.to(torch.float32).numpy())
 
 
-def _add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
+def _add_vocabulary(writer, tokenizer, vocab_size: int, model_path) -> None:
     import gguf
 
     state = json.loads(tokenizer.backend_tokenizer.to_str()) if tokenizer.is_fast else None
@@ -148,21 +148,21 @@ def _add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
                          gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    merges = state["model"]["merges"]
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
 
-    for name in ("bos", "eos", "unk", "pad"):
-        token_id = getattr(tokenizer, f"{name}_token_id")
-        if token_id is not None:
-            getattr(writer, f"add_{name}_token_id")(token_id)
-    # what the tokenizer's post-processor adds, so llama.cpp's `add_special=True` encodes the same ids
+    folder = Path(model_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(model_path), allow_patterns=["*.json", "*.jinja", "merges.txt"]))
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    # SpecialVocab takes add-BOS/EOS from tokenizer_config.json flags, which a fast tokenizer ignores, and writes
+    # nothing without them (llama.cpp then adds BOS for "llama-bpe"): what the tokenizer does decides instead, so
+    # llama.cpp's `add_special=True` encodes the same ids
     plain, with_special = tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"]
-    writer.add_add_bos_token(tokenizer.bos_token_id is not None and with_special[:1] == [tokenizer.bos_token_id]
-                             and plain[:1] != [tokenizer.bos_token_id])
-    writer.add_add_eos_token(tokenizer.eos_token_id is not None and with_special[-1:] == [tokenizer.eos_token_id]
-                             and plain[-1:] != [tokenizer.eos_token_id])
-    if getattr(tokenizer, "chat_template", None):
-        writer.add_chat_template(tokenizer.chat_template)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    special.add_special_token.update(bos=bos is not None and with_special[:1] == [bos] and plain[:1] != [bos],
+                                     eos=eos is not None and with_special[-1:] == [eos] and plain[-1:] != [eos])
+    special.add_to_gguf(writer, quiet=True)
 
 
 def _pre_tokenizer_name(state: dict) -> str:
