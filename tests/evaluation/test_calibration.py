@@ -4,10 +4,12 @@ import shutil
 import pytest
 import torch
 
-from openllm.cli import main
+from openllm.data.text import load_eval_texts
 from openllm.evaluation.calibration import calibrate_model, fit_temperature
-from openllm.evaluation.generation import generate, load_causal_lm
-from openllm.evaluation.perplexity import evaluate_model, load_eval_texts
+from openllm.evaluation.generation import generate
+from openllm.evaluation.perplexity import evaluate_model
+from openllm.models.loading import load_causal_lm
+from openllm_cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

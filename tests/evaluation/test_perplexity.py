@@ -7,15 +7,7 @@ import pytest
 import torch
 from helpers.tiny_lm import CORPUS
 
-from openllm.cli import main
-from openllm.evaluation.perplexity import (
-    brier_score,
-    evaluate_model,
-    expected_calibration_error,
-    load_eval_texts,
-    reliability_bins,
-    sliding_windows,
-)
+from openllm.evaluation.perplexity import evaluate_model, sliding_windows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -125,21 +117,6 @@ def test_sliding_windows_reject_a_stride_that_leaves_no_context():
         sliding_windows(10, 4, 4)
 
 
-def test_calibration_on_hand_made_predictions():
-    confidences, correct = [0.95, 0.97, 0.30, 0.10], [1, 0, 1, 0]
-    # bins (14/15, 1]: acc 0.5 vs conf 0.96; (4/15, 5/15]: 1 vs 0.3; (1/15, 2/15]: 0 vs 0.1
-    assert expected_calibration_error(confidences, correct) == pytest.approx(0.5 * 0.46 + 0.25 * 0.7 + 0.25 * 0.1)
-    bins = reliability_bins(confidences, correct)
-    assert [b["count"] for b in bins] == [0, 1, 0, 0, 1] + [0] * 9 + [2]
-    assert bins[14]["accuracy"] == 0.5 and bins[14]["confidence"] == pytest.approx(0.96)
-    assert expected_calibration_error([0.7] * 10, [1] * 7 + [0] * 3) == pytest.approx(0, abs=1e-12)
-
-    probs = [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]
-    assert brier_score(probs, [0, 1]) == pytest.approx((0.14 + 0.86) / 2)
-    assert brier_score([[1.0, 0.0], [0.0, 1.0]], [0, 1]) == 0
-    assert brier_score([[0.0, 1.0]], [0]) == 2
-
-
 def test_results_files(tokenizer, tmp_path):
     from matplotlib.image import imread
 
@@ -151,58 +128,3 @@ def test_results_files(tokenizer, tmp_path):
     assert json.loads((tmp_path / "eval_results.json").read_text()) == json.loads(json.dumps(results))
     assert results["reliability_diagram"] == "reliability.png"
     assert sum(b["count"] for b in results["calibration"]["bins"]) == results["dataset"]["tokens"]
-
-
-def test_load_eval_texts(tmp_path, eval_jsonl):
-    texts, split = load_eval_texts(str(eval_jsonl))
-    assert (texts, split) == (CORPUS[:6], "train")  # the blank row is dropped
-    assert load_eval_texts(str(eval_jsonl), max_samples=2)[0] == CORPUS[:2]
-    txt = tmp_path / "corpus.txt"
-    txt.write_text("first paragraph\nstill first\n\n\nsecond\n\n", encoding="utf-8")
-    assert load_eval_texts(str(txt))[0] == ["first paragraph\nstill first", "\nsecond"]
-
-    with pytest.raises(ValueError, match="Column 'content' is not in .*its columns are text, id"):
-        load_eval_texts(str(eval_jsonl), text_column="content")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text('{"text": ""}\n{"text": "  "}\n')
-    with pytest.raises(ValueError, match="has no non-empty text"):
-        load_eval_texts(str(empty))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_eval_texts(str(tmp_path / "missing.jsonl"))
-    with pytest.raises(ValueError, match="single split, 'train'"):
-        load_eval_texts(str(eval_jsonl), split="validation")
-
-
-def test_cli_json_matches_the_python_api(tiny_model_dir, eval_jsonl, tmp_path, capsys):
-    from openllm.evaluation.generation import load_causal_lm
-
-    out = tmp_path / "out"
-    argv = ["eval", str(tiny_model_dir), "--dataset", str(eval_jsonl), "--block-size", "16", "--num-samples", "1"]
-    assert main(argv + ["--json", "--output-dir", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads((out / "eval_results.json").read_text())
-    assert {"model", "dataset", "settings", "metrics", "calibration", "samples", "reliability_diagram",
-            "framework_versions", "runtime_s"} <= printed.keys()
-    assert printed["dataset"]["name"] == str(eval_jsonl) and printed["dataset"]["texts"] == 6
-
-    model, tokenizer = load_causal_lm(str(tiny_model_dir), device="cpu")
-    api = evaluate_model(model, tokenizer, CORPUS[:6], block_size=16, num_samples=1)
-    assert printed["metrics"] == pytest.approx(api["metrics"], rel=1e-9)
-    assert {k: printed["dataset"][k] for k in ("texts", "tokens", "bytes")} == {
-        k: api["dataset"][k] for k in ("texts", "tokens", "bytes")}
-    assert printed["settings"] == api["settings"] and printed["samples"] == api["samples"]
-
-    assert main(argv + ["--num-samples", "0"]) == 0
-    table = capsys.readouterr().out
-    assert f"{api['metrics']['perplexity']:.3f}" in table and f"{api['metrics']['bits_per_byte']:.4f}" in table
-
-
-def test_cli_errors_are_clear(tiny_model_dir, eval_jsonl, tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nope"), "--dataset", str(eval_jsonl)]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path), "--dataset", str(eval_jsonl)]) == 2
-    assert "has no config.json" in capsys.readouterr().err
-    assert main(["eval", str(tiny_model_dir), "--dataset", str(eval_jsonl), "--text-column", "body"]) == 2
-    assert "Column 'body' is not in" in capsys.readouterr().err
-    assert main(["eval", str(tiny_model_dir), "--dataset", str(eval_jsonl), "--block-size", "9999"]) == 2
-    assert "exceeds the model's context length 256" in capsys.readouterr().err

@@ -3,10 +3,11 @@ import json
 import pytest
 from helpers.tiny_lm import CORPUS
 
-from openllm.cli import main
-from openllm.evaluation.generation import load_causal_lm
-from openllm.evaluation.perplexity import evaluate_model, load_eval_texts
+from openllm.data.text import load_eval_texts
+from openllm.evaluation.perplexity import evaluate_model
 from openllm.evaluation.uncertainty import ensemble_uncertainty, shuffled_texts
+from openllm.models.loading import load_causal_lm
+from openllm_cli import main
 
 
 def test_identical_members_have_no_epistemic_uncertainty(tiny_model_dir):

@@ -22,16 +22,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from .. import atomic
-from .perplexity import (
-    NUM_BINS,
-    _brier_per_row,
-    batch_tensors,
-    draw_reliability,
-    load_eval_texts,
-    prepare_windows,
-    reliability_bins,
-)
+from ..data.text import load_eval_texts
+from ..models.loading import add_loading_arguments, load_causal_lm
+from .metrics import NUM_BINS, brier_per_row, draw_reliability, expected_calibration_error, reliability_bins
+from .perplexity import batch_tensors, prepare_windows
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +43,6 @@ def head_inputs(model, tokenizer, texts, *, block_size=None, stride=None, batch_
     """(hidden, targets): the input of the output layer (`get_output_embeddings()`) at every scored position of
     `texts` (the accounting of `openllm eval`), and the token each position predicts. Fitting a temperature then
     only needs the output layer, not the whole model."""
-    import torch
-
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(model).__name__} has no output layer (get_output_embeddings() is None), so its "
@@ -91,8 +87,6 @@ class _Head:
 
 
 def _raw_logits(head, hidden):
-    import torch
-
     with torch.no_grad():
         logits = head(hidden.to(head.weight.dtype)).float()
         cap = getattr(head, "logit_softcapping", None)
@@ -101,9 +95,6 @@ def _raw_logits(head, hidden):
 
 def fit_temperature(head, hidden, targets, max_iter: int = 100) -> float:
     """The T > 0 that minimises the mean NLL of `targets` under softmax(head(hidden) / T), by LBFGS on log T."""
-    import torch
-    import torch.nn.functional as F
-
     log_t = torch.zeros((), requires_grad=True, device=hidden.device)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")
@@ -127,17 +118,13 @@ def fit_temperature(head, hidden, targets, max_iter: int = 100) -> float:
 
 def scaled_metrics(head, hidden, targets, temperature: float, num_bins: int = NUM_BINS) -> dict:
     """NLL (nats/token), top-1 accuracy, ECE, Brier and reliability bins of softmax(head(hidden) / T)."""
-    import torch
-
-    from .perplexity import expected_calibration_error
-
     nll = brier = 0.0
     confidences, correct = [], []
     for h, y in _chunks(hidden, targets):
         logprobs = torch.log_softmax(_raw_logits(head, h) / temperature, dim=-1)
         probs = logprobs.exp()
         nll -= logprobs.gather(-1, y[:, None]).double().sum().item()
-        brier += _brier_per_row(probs, y).double().sum().item()
+        brier += brier_per_row(probs, y).double().sum().item()
         top_p, top_i = probs.max(-1)
         confidences.append(top_p.double().cpu())
         correct.append((top_i == y).cpu())
@@ -187,7 +174,7 @@ def calibrate_model(model, tokenizer, texts, *, fit_fraction: float = 0.5, seed:
 
 def plot_calibration(report: dict, path) -> Path:
     """Reliability diagrams before and after temperature scaling, side by side."""
-    import matplotlib
+    import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -256,12 +243,10 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output-dir", help="write the calibrated model here (default: rewrite MODEL in place)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_loading_arguments(parser, dtype=False)  # temperature is fitted in float32
 
 
 def run(args) -> int:
-    from .generation import load_causal_lm
-
     if not Path(args.model).is_dir():
         raise ValueError(f"{args.model!r} is not a local model folder; download it first (e.g. `hf download "
                          f"{args.model} --local-dir DIR`) so the calibrated copy can be written.")
@@ -274,7 +259,8 @@ def run(args) -> int:
         raise ValueError(f"--max-samples must be at least 2, got {args.max_samples}.")
     texts, _ = load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
                                dataset_config=args.dataset_config, max_samples=args.max_samples)
-    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32")
+    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32", revision=args.revision,
+                                      trust_remote_code=args.trust_remote_code)
     report = calibrate_model(model, tokenizer, texts, fit_fraction=args.fit_fraction, seed=args.seed,
                              block_size=args.block_size, stride=args.stride, batch_size=args.batch_size)
     report["dataset"] = {"name": args.dataset, "config": args.dataset_config, "split": args.split,

@@ -20,6 +20,8 @@ answer first) reaches the `oracle_aurc`.
 import math
 from dataclasses import asdict, dataclass
 
+import torch
+
 ABSTAIN = "abstain"
 ABSTAIN_MESSAGE = ("Abstained: the model's confidence in its answer ({confidence:.4f}, the geometric mean of its "
                    "token probabilities) is below the threshold {threshold}.")
@@ -63,8 +65,6 @@ def sequence_confidence(token_logprobs, token_entropies=None) -> SequenceConfide
 
 def token_logprobs_and_entropies(logits, token_ids):
     """Per position: log-probability of `token_ids` and entropy of the distribution, from (seq, vocab) logits."""
-    import torch
-
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     chosen = logprobs.gather(-1, token_ids.reshape(-1, 1).to(logprobs.device)).squeeze(-1)
@@ -107,7 +107,7 @@ def risk_coverage(confidences, correct) -> dict:
 
 
 def plot_risk_coverage(curve: dict, path, title: str = "Risk-coverage of answers ranked by confidence"):
-    import matplotlib
+    import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

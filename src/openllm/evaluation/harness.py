@@ -13,6 +13,8 @@ openllm_heldout --include_path $(python -c "import openllm.evaluation.harness as
 
 from pathlib import Path
 
+from ..versions import package_version
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
@@ -28,7 +30,7 @@ def run_lm_eval(model, tokenizer, tasks, *, include_path=None, limit=None, batch
     """Run lm-eval `tasks` (names or a comma-separated string) on `model`; returns {"tasks": {task: {metric: value,
     "<metric>_stderr": ...}}, "n_samples", "config", "versions"}. `include_path` adds task folders to OpenLLM's;
     `metadata` is passed to every task (e.g. `data_files` for `openllm_heldout`)."""
-    try:
+    try:  # optional: the eval extra
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
@@ -81,17 +83,8 @@ def summarize(output: dict) -> dict:
         "higher_is_better": output.get("higher_is_better", {}),
         "config": {k: output.get("config", {}).get(k) for k in ("limit", "num_fewshot", "batch_size")},
         "versions": output.get("versions", {}),
-        "lm_eval_version": output.get("lm_eval_version") or _version("lm_eval"),
+        "lm_eval_version": output.get("lm_eval_version") or package_version("lm_eval"),
     }
-
-
-def _version(name):
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def format_lm_eval(summary: dict) -> str:

@@ -19,14 +19,15 @@ a model trained without it measures noise we injected, not the model's uncertain
 import math
 import random
 
+import torch
+
+from ..models.loading import load_causal_lm
 from .perplexity import batch_tensors, prepare_windows
 
 
 def ensemble_uncertainty(models, tokenizer, texts, *, block_size=None, stride=None, batch_size: int = 8) -> dict:
     """Token-averaged total, aleatoric and epistemic uncertainty (nats) of the ensemble `models` (same tokenizer) on
     `texts`, with the same windows as `openllm eval`; plus the same three numbers per text under `sequences`."""
-    import torch
-
     if len(models) < 2:
         raise ValueError(f"An ensemble needs at least 2 members to disagree, got {len(models)}; pass more "
                          "checkpoints with --ensemble.")
@@ -82,13 +83,11 @@ def shuffled_texts(tokenizer, texts, seed: int = 0) -> list[str]:
     return shuffled
 
 
-def load_ensemble(paths, tokenizer, device=None, dtype: str = "auto"):
+def load_ensemble(paths, tokenizer, device="auto", dtype: str = "auto", trust_remote_code: bool = False):
     """Load the extra members of an ensemble, checking that each one tokenizes like `tokenizer`."""
-    from .generation import load_causal_lm
-
     members = []
     for path in paths:
-        model, member_tokenizer = load_causal_lm(path, device=device, dtype=dtype)
+        model, member_tokenizer = load_causal_lm(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         if member_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"Ensemble member {path} has a different tokenizer from the evaluated model; the members "
                              "of an ensemble must share one (e.g. checkpoints or seeds of the same recipe).")

@@ -19,12 +19,12 @@ import struct
 import sys
 from pathlib import Path
 
+from ..resources import shipped
+from ..versions import framework_versions
+
 logger = logging.getLogger(__name__)
 
-# a source checkout (or editable install) reads the repository's model_cards/; a wheel installs them under share/
-TEMPLATE_DIR = next((d for d in (Path(__file__).resolve().parents[3] / "model_cards",
-                                 Path(sys.prefix) / "share" / "openllm" / "model_cards") if d.is_dir()),
-                    Path(__file__).resolve().parents[3] / "model_cards")
+TEMPLATE_DIR = shipped("model_cards")
 STAGE_TEMPLATES = {"pretrain": "pretrain.md.j2", "sft": "post_training.md.j2", "dpo": "post_training.md.j2",
                    "reward": "post_training.md.j2", "rlhf": "post_training.md.j2", "merge": "merged.md.j2"}
 STAGE_NAMES = {"pretrain": "pretraining", "sft": "supervised fine-tuning (SFT)",
@@ -269,8 +269,6 @@ def build_context(folder, **overrides) -> dict:
             ctx["versions"], ctx["versions_source"] = versions, source
             break
     else:
-        from ..evaluation.perplexity import framework_versions
-
         ctx["versions"], ctx["versions_source"] = framework_versions(), "card"
     if eval_results and (folder / (eval_results.get("reliability_diagram") or "")).is_file():
         ctx["reliability"] = eval_results["reliability_diagram"]
