@@ -1,9 +1,10 @@
 # OpenLLM — set up, train, test, benchmark.
+# Every target installs what it needs first, so each works alone on a fresh clone, in any order.
 #   make install      virtualenv in .venv with torch (CPU wheel when no GPU) and openllm[dev]
 #   make quickstart   tokenizer → pretrain → eval → model card, offline, on a CPU
 #   make chain        quickstart model → SFT → reward model → DPO → RLHF → evaluation → served answer, offline
 #   make test         the test suite (fast, CPU)
-#   make test-compat  model + export tests on transformers 4.57 with ONNX (after `make install-compat`)
+#   make test-compat  model, export, CLI and kill-and-resume training tests on transformers 4.57, with ONNX
 #   make bench        benchmarks; writes tables into README.md
 #   make notebooks    rewrite notebooks/*.ipynb from notebooks/build_notebooks.py, then run each one
 
@@ -31,12 +32,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-install: $(BIN)/python
+# a stamp file: installing again only when pyproject.toml changed
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(call install_torch,$(VENV))
 	$(BIN)/pip install -e ".[dev]"
 	# TGI's legacy Python client, for the serving tests only: it pins huggingface_hub<1.0, so it lives outside the
 	# environment's resolution (--no-deps; its imports, requests/aiohttp/pydantic, are in the test extra)
 	$(BIN)/pip install --no-deps --upgrade --target $(VENV)/text-generation-client "text-generation==0.7.0"
+	touch $@
 
 # the chat page's browser test drives Debian's chromium with Playwright (Playwright's own browser download is not used)
 install-browser:
@@ -47,9 +51,12 @@ $(VENV_COMPAT)/bin/python:
 	$(VENV_COMPAT)/bin/pip install --upgrade pip
 
 # optimum-onnx supports only transformers<4.58, so the ONNX path lives in its own environment.
-install-compat: $(VENV_COMPAT)/bin/python
+# no `serve` extra: `openllm serve` is tested there for the one-line message that names it
+install-compat: $(VENV_COMPAT)/.installed
+$(VENV_COMPAT)/.installed: pyproject.toml | $(VENV_COMPAT)/bin/python
 	$(call install_torch,$(VENV_COMPAT))
-	$(VENV_COMPAT)/bin/pip install -e ".[onnx,gguf,test]" "transformers==4.57.6"
+	$(VENV_COMPAT)/bin/pip install -e ".[train,onnx,gguf,test]" "transformers==4.57.6"
+	touch $@
 
 quickstart: install
 	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml
@@ -58,31 +65,32 @@ quickstart: install
 chain: install
 	$(BIN)/python -m openllm chain
 
-test: install-browser
+test: install install-browser
 	$(BIN)/python -m pytest -m "not slow and not onnx" -q
 
 # the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
-test-compat:
-	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export tests/data/test_tokenizer_portable.py -m "not slow" -q -p no:cacheprovider
+test-compat: install-compat
+	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export tests/data/test_tokenizer_portable.py tests/test_cli.py \
+		-m "not slow" -q -p no:cacheprovider
 
-slow_test:
+slow_test: install
 	$(BIN)/python -m pytest -m slow -q
 
 # the ONNX benchmark runs in the transformers-4.57 environment, when it exists
-bench:
+bench: install
 	$(BIN)/python benchmarks/run.py --write-readme
 	if [ -x $(VENV_COMPAT)/bin/python ]; then $(VENV_COMPAT)/bin/python benchmarks/run.py --only onnx --write-readme; \
 	else echo "ONNX benchmark skipped: run make install-compat first"; fi
 
-notebooks:
+notebooks: install
 	$(BIN)/python notebooks/build_notebooks.py
 	$(BIN)/python -m pytest tests/notebooks -q
 
-style:
+style: install
 	$(BIN)/ruff format src tests recipes benchmarks
 	$(BIN)/ruff check --fix src tests recipes benchmarks
 
-quality:  # lint, and every declared dependency is used
+quality: install  # lint, and every declared dependency is used
 	$(BIN)/ruff check src tests recipes benchmarks notebooks
 	$(BIN)/python -m pytest tests/test_dependencies.py -q
 

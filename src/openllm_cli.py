@@ -28,7 +28,7 @@ COMMANDS = {
     "rlhf": ("openllm.training.rlhf", "RLHF (GRPO) with a reward model and/or reward functions", "train"),
     "chain": ("openllm.chain", "every stage in one run, pretraining to serving (recipes/chain/)", "train,serve"),
     "merge": ("openllm.training.merge", "merge a LoRA adapter into its base model", "train"),
-    "eval": ("openllm.evaluation.perplexity", "perplexity, bits-per-byte, calibration and samples of a model", None),
+    "eval": ("openllm.evaluation.evaluate", "perplexity, bits-per-byte, calibration and samples of a model", None),
     "generate": ("openllm.evaluation.generation", "generate text from a model, streaming to the terminal", None),
     "calibrate": ("openllm.evaluation.calibration", "fit temperature scaling on held-out text; store it in the model",
                   None),

@@ -3,7 +3,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from openllm.cli import main as cli_main
+from openllm_cli import main as cli_main
 from openllm.data.corpus import python_docs_corpus
 from openllm.data.tokenizer import ALL_SPECIAL_TOKENS, train_tokenizer
 

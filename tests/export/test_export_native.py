@@ -5,7 +5,7 @@ import torch
 from tiny_checkpoints import make_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, MixtralForCausalLM
 
-from openllm.cli import main
+from openllm_cli import main
 
 
 @pytest.mark.parametrize("preset, target, cls", [("tiny", "llama", LlamaForCausalLM),

@@ -65,6 +65,6 @@ def install(spec: str) -> None:
 
 if __name__ == "__main__":
     install(sys.argv[1])
-    from openllm.cli import main
+    from openllm_cli import main
 
     sys.exit(main(sys.argv[2:]))

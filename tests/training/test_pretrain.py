@@ -136,7 +136,7 @@ def test_openllm_pretrain_and_the_recipe_script_train_the_same_model(workdir):
     from helpers.recipes import load_recipe
     from safetensors.torch import load_file
 
-    from openllm.cli import main as openllm
+    from openllm_cli import main as openllm
 
     config = {"dataset_name": str(workdir / "corpus.jsonl"), "text_column": "text", "block_size": BLOCK,
               "eval_fraction": 0.05, "tokenizer_name_or_path": str(workdir / "tok"), "model_preset": "tiny",

@@ -64,7 +64,7 @@ def test_sft_lora_then_merge_equals_base_plus_adapter(tmp_path, tiny_base):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from openllm.cli import main as cli
+    from openllm_cli import main as cli
 
     adapter, merged = tmp_path / "lora", tmp_path / "merged"
     summary, _ = run_recipe("sft", "sft_lora_debug", model_name_or_path=tiny_base, output_dir=adapter, max_steps=25,

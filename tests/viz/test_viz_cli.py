@@ -4,7 +4,7 @@ import re
 import pytest
 from viz_helpers import read_png
 
-from openllm.cli import main
+from openllm_cli import main
 
 
 def test_attention_experts_and_confidence_files(moe_model_dir, lm_tokenizer, tmp_path, capsys):

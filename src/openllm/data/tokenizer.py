@@ -156,12 +156,6 @@ def portable_tokenizer_config(folder) -> None:
             f.write("\n")
 
 
-def load_tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name_or_path)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # CLI: openllm tokenizer train ...
 
@@ -205,4 +199,4 @@ def run(args) -> int:
 
 
 __all__ = ["TOKENIZER_TYPES", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
-           "save_tokenizer", "load_tokenizer", "build_tokenizer", "portable_tokenizer_config"]
+           "save_tokenizer", "build_tokenizer", "portable_tokenizer_config"]

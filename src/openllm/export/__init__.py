@@ -22,6 +22,8 @@ def add_arguments(parser):
     onnx.add_argument("--quantize", choices=["int8"], help="also write model_quantized.onnx (dynamic int8)")
     onnx.add_argument("--opset", type=int, help="ONNX opset (default: optimum's choice for the model)")
     onnx.add_argument("--no-validate", action="store_true", help="skip comparing ONNX outputs with PyTorch's")
+    onnx.add_argument("--trust-remote-code", action="store_true",
+                      help="export a checkpoint whose modeling code is not the installed openllm's (runs that code)")
 
     gguf = sub.add_parser("gguf", help="one GGUF file for llama.cpp (architecture 'llama')")
     gguf.add_argument("model", help="model folder or Hub id")
@@ -39,7 +41,7 @@ def run(args):
     if args.format == "onnx":
         try:
             out = export_onnx(args.model, args.output, quantize=args.quantize, opset=args.opset,
-                              validate=not args.no_validate)
+                              validate=not args.no_validate, trust_remote_code=args.trust_remote_code)
         except RuntimeError as e:  # the wrong environment: say how to get the right one, without a traceback
             if "make install-compat" not in str(e):
                 raise

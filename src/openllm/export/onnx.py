@@ -11,8 +11,9 @@ import platform
 import types
 from pathlib import Path
 
-from .. import atomic
-from ..hub.paths import check_model_path, check_output_folder
+from .. import atomic, models
+from ..hub.paths import check_output_folder
+from ..models.loading import RemoteCodeError, check_model_path, load_config
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"
@@ -142,11 +143,13 @@ def export_onnx(
     quantize: str | None = None,
     opset: int | None = None,
     validate: bool = True,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Export a causal LM folder (or Hub id) to `output_dir/model.onnx` with KV-cache inputs and outputs.
 
-    The model is loaded with `trust_remote_code=True`, so the graph is traced from the modeling file the checkpoint
-    carries, and optimum checks the ONNX outputs against PyTorch's (`validate`). `quantize="int8"` also writes
+    optimum traces the graph from the modeling file the checkpoint carries. That file must be the installed
+    openllm's own, unless `trust_remote_code` allows other code to run. optimum checks the ONNX outputs against
+    PyTorch's (`validate`). `quantize="int8"` also writes
     `model_quantized.onnx` (dynamic int8 weights and activations, onnxruntime's quantizer).
     Returns `output_dir`.
     """
@@ -154,10 +157,8 @@ def export_onnx(
     if quantize not in (None, "int8"):
         raise ValueError(f"Unknown quantization {quantize!r}: the ONNX export supports only 'int8'.")
     from optimum.exporters.onnx import main_export
-    from transformers import AutoConfig
-
     check_model_path(str(model_path))
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
+    config = load_config(str(model_path), trust_remote_code=trust_remote_code)
     if config.model_type != "openllm":
         raise ValueError(
             f"{model_path} holds a {config.model_type!r} model; `openllm export onnx` exports OpenLLM models. "
@@ -167,6 +168,8 @@ def export_onnx(
         # optimum tells the library from the class's module: it must come from transformers' remote-code loader
         raise ValueError(f"{model_path} has no modeling code (`auto_map` in config.json). Load it with openllm "
                          "installed and `save_pretrained` it again, which writes the code next to the weights.")
+    if not trust_remote_code:
+        check_own_code(model_path)
     output_dir = Path(output_dir)
     onnx_config = _onnx_config_class()(config, task="text-generation", use_past=True, use_past_in_inputs=True)
     check_output_folder(output_dir)
@@ -176,7 +179,7 @@ def export_onnx(
             output=folder,
             task="text-generation-with-past",
             opset=opset,
-            trust_remote_code=True,
+            trust_remote_code=True,  # the checkpoint's code was checked above, or trusted explicitly
             library_name="transformers",
             custom_onnx_configs={"model": onnx_config},
             do_validation=validate,
@@ -188,15 +191,31 @@ def export_onnx(
     return output_dir
 
 
+def _code_folder(model_path) -> Path:
+    source = Path(model_path)
+    if source.is_dir():
+        return source
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(model_path), allow_patterns=["*.py"]))
+
+
+def check_own_code(model_path) -> None:
+    """Raise RemoteCodeError unless every Python file the checkpoint carries is the installed openllm's own."""
+    ours = Path(models.__file__).parent
+    for code in _code_folder(model_path).glob("*.py"):
+        if not (ours / code.name).is_file() or (ours / code.name).read_bytes() != code.read_bytes():
+            raise RemoteCodeError(
+                f"{model_path} carries {code.name}, which is not the installed openllm's own code, and the ONNX "
+                "export runs the checkpoint's code. Run it only if you trust its author: pass --trust-remote-code. "
+                "Or load the model with this openllm and `save_pretrained` it again, which writes openllm's code.")
+
+
 def _copy_model_code(model_path, output_dir: Path) -> None:
     """Put the checkpoint's configuration and modeling files next to the config, whose `auto_map` names them."""
     import shutil
 
-    source = Path(model_path)
-    if not source.is_dir():
-        from huggingface_hub import snapshot_download
-
-        source = Path(snapshot_download(str(model_path), allow_patterns=["*.py"]))
+    source = _code_folder(model_path)
     for code in source.glob("*.py"):
         if not (output_dir / code.name).exists():
             shutil.copy(code, output_dir / code.name)

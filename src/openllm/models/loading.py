@@ -20,8 +20,13 @@ class RemoteCodeError(ValueError):
     """The model or tokenizer needs code of its own to load, and running it was not allowed."""
 
 
-def check_model_path(model_name_or_path: str) -> None:
-    """Raise FileNotFoundError with the fix when `model_name_or_path` is meant as a local folder but is not one."""
+MODEL_FILES = ("config.json", "adapter_config.json")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def check_model_path(model_name_or_path: str, files=MODEL_FILES) -> None:
+    """Raise FileNotFoundError with the fix when `model_name_or_path` is meant as a local folder but is not one (it
+    has none of `files`)."""
     path = Path(model_name_or_path).expanduser()
     looks_local = path.exists() or model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1
     if not looks_local:
@@ -29,9 +34,10 @@ def check_model_path(model_name_or_path: str) -> None:
     if not path.is_dir():
         raise FileNotFoundError(f"Model folder {model_name_or_path!r} does not exist. Pass a folder written by "
                                 "`save_pretrained` or a Hub model id such as `org/name`.")
-    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{model_name_or_path!r} has no config.json, so it is not a model folder. Pass a "
-                                "folder written by `save_pretrained` (with its tokenizer) or a Hub model id.")
+    if not any((path / name).is_file() for name in files):
+        what = "model" if files == MODEL_FILES else "tokenizer"
+        raise FileNotFoundError(f"{model_name_or_path!r} has no {' or '.join(files)}, so it is not a {what} folder. "
+                                "Pass a folder written by `save_pretrained` (with its tokenizer) or a Hub model id.")
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -69,12 +75,25 @@ def _remote_code_error(name: str, what: str) -> RemoteCodeError:
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    check_model_path(name_or_path)
+    check_model_path(name_or_path, TOKENIZER_FILES)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except ValueError as error:
         if _needs_trust(error):
             raise _remote_code_error(name_or_path, "tokenizer") from None
+        raise
+
+
+def load_config(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None, **overrides):
+    from transformers import AutoConfig
+
+    check_model_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                          **overrides)
+    except ValueError as error:
+        if _needs_trust(error):
+            raise _remote_code_error(name_or_path, "configuration") from None
         raise
 
 
@@ -109,8 +128,9 @@ def load_model(name_or_path: str, *, head: str = "causal-lm", trust_remote_code:
 def load_causal_lm(name_or_path: str, *, trust_remote_code: bool = False, dtype="auto", device: str | None = "auto",
                    revision: str | None = None):
     """(model, tokenizer) in eval mode on `device`: what every inference command starts from."""
+    config = load_config(name_or_path, trust_remote_code=trust_remote_code, revision=revision)  # checked first
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
-    model = load_model(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
+    model = load_model(name_or_path, config=config, trust_remote_code=trust_remote_code, dtype=dtype, device=device,
                        revision=revision)
     return model, tokenizer
 

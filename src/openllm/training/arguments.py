@@ -25,8 +25,9 @@ class RunArguments:
 
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Delete what output_dir holds (a finished run, checkpoints) and train from "
-                                         "scratch. Otherwise a finished run is reported and left as it is, and an "
-                                         "interrupted one resumes."})
+                                         "scratch. Only a folder that an OpenLLM run wrote is removed: one that holds "
+                                         "other files, or the input model, is refused. Otherwise a finished run is "
+                                         "reported and left as it is, and an interrupted one resumes."})
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the newest complete checkpoint-* in output_dir when "
                                         "resume_from_checkpoint is unset."})
@@ -69,6 +70,9 @@ class ModelArguments:
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Continue pretraining this checkpoint instead of starting from a preset."})
     attn_implementation: Optional[str] = field(default="sdpa", metadata={"help": "eager, sdpa, flash_attention_2..."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run Python code shipped with model_name_or_path or the tokenizer (needed "
+                                         "for architectures neither transformers nor openllm provides)."})
 
     def __post_init__(self):
         if isinstance(self.model_config_overrides, str):

@@ -28,7 +28,8 @@ def main(script_args: PostTrainArguments, training_args: DPOConfig, model_args):
     )
 
     run.setup(training_args)
-    if run.finished(training_args) is not None:
+    if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
+                                           script_args.dataset_name]) is not None:
         return None
 
     # Data: checked before the model is loaded

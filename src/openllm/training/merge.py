@@ -13,6 +13,15 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
+from .. import atomic
+from ..data.tokenizer import portable_tokenizer_config
+from ..hub.paths import check_output_folder
+from ..hub.push import push_folder
+from ..models.loading import RemoteCodeError, load_model, load_tokenizer
+from .run import SUMMARY_FILE, describe_hardware, write_card
+
 logger = logging.getLogger("openllm.training.merge")
 
 _TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 1e-1}
@@ -24,7 +33,7 @@ def add_arguments(parser):
     parser.add_argument("--base", default=None,
                         help="base model folder or Hub id; defaults to the adapter's `base_model_name_or_path`")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="dtype to merge and save in (default: the base model's)")
+                        help="dtype to merge and save in (default: float32 on CPUs)")
     parser.add_argument("--trust-remote-code", action="store_true", help="for base models that ship their own code")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload the merged folder")
 
@@ -35,8 +44,6 @@ def run(args):
     print(f"Merged {args.adapter} into {summary['base_model']} → {args.output_dir} "
           f"(max |logit difference| vs base+adapter: {summary['metrics']['max_abs_logit_diff']:.2e})")
     if args.push_to_hub:
-        from ..hub.push import push_folder
-
         push_folder(args.output_dir, args.push_to_hub)
     return 0
 
@@ -44,16 +51,7 @@ def run(args):
 def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=False) -> dict:
     """Merge the LoRA `adapter` into `base`, check the merged logits against base+adapter, save to `output_dir`, and
     return the `training_summary.json` written there."""
-    import torch
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
-
-    from .. import atomic
-    from ..data.tokenizer import portable_tokenizer_config
-    from ..hub.paths import check_output_folder
-    from .run import SUMMARY_FILE, describe_hardware, write_card
+    from peft import PeftConfig, PeftModel  # optional: the `train` extra
 
     start = time.perf_counter()
     try:
@@ -64,12 +62,10 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
     if not base:
         raise ValueError(f"The adapter config in {adapter} names no base model: pass --base.")
     task_type = str(getattr(peft_config, "task_type", "") or "")
-    auto_class = AutoModelForSequenceClassification if task_type.endswith("SEQ_CLS") else AutoModelForCausalLM
-    kwargs = {"trust_remote_code": trust_remote_code, "dtype": getattr(torch, dtype) if dtype else "auto"}
-    if auto_class is AutoModelForSequenceClassification:
-        kwargs["num_labels"] = 1
-    model = auto_class.from_pretrained(base, **kwargs)
-    model.eval()
+    classifier = task_type.endswith("SEQ_CLS")
+    model = load_model(base, head="sequence-classification" if classifier else "causal-lm", device="cpu",
+                       dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+                       **({"num_labels": 1} if classifier else {}))
     peft_model = PeftModel.from_pretrained(model, adapter)
     peft_model.eval()
 
@@ -86,9 +82,11 @@ def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=
         raise RuntimeError(f"Merged logits differ from base+adapter by {max_diff:.3e}; not saving {output_dir}.")
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(adapter, trust_remote_code=trust_remote_code)
+    except RemoteCodeError:
+        raise
     except (OSError, ValueError):  # the adapter folder has no tokenizer: take the base model's
-        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
 
     adapter_summary = {}
     if (Path(adapter) / "training_summary.json").exists():

@@ -18,11 +18,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from transformers import ProgressCallback, Trainer, TrainerCallback
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    DataCollatorForLanguageModeling,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+)
 
 from .. import atomic
 from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
-from ..data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from ..data.tokenizer import save_tokenizer, train_tokenizer
+from ..models import get_preset_config, loading
 from . import run
 from .arguments import DataArguments, ModelArguments, PretrainConfig
 from .optim import create_optimizers
@@ -114,13 +122,10 @@ def check_block_size(block_size: int, config) -> None:
 
 
 def get_model_config(model_args: ModelArguments):
-    from transformers import AutoConfig
-
-    from ..models import get_preset_config
-
     overrides = dict(model_args.model_config_overrides or {})
     if model_args.model_name_or_path:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, **overrides)
+        return loading.load_config(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code,
+                                   **overrides)
     return get_preset_config(model_args.model_preset, **overrides)
 
 
@@ -129,11 +134,11 @@ def get_tokenizer(data_args: DataArguments, model_args: ModelArguments, corpus, 
     `output_dir`, else a new one trained on the training split (and kept there, so a resumed run encodes the same)."""
     name = data_args.tokenizer_name_or_path or model_args.model_name_or_path
     if name:
-        return load_tokenizer(name)
+        return loading.load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
     kept = os.path.join(output_dir, TRAINED_TOKENIZER)
     if os.path.isfile(os.path.join(kept, "tokenizer.json")):
         logger.info("Reusing the tokenizer this run trained (%s)", kept)
-        return load_tokenizer(kept)
+        return loading.load_tokenizer(kept)
     texts = (batch["text"] for batch in corpus.train.iter(batch_size=1000))
     tokenizer = train_tokenizer(texts, data_args.vocab_size, data_args.tokenizer_type, length=len(corpus.train),
                                 model_max_length=max_length)
@@ -143,8 +148,6 @@ def get_tokenizer(data_args: DataArguments, model_args: ModelArguments, corpus, 
 
 
 def get_model(model_args: ModelArguments, config, tokenizer):
-    from transformers import AutoModelForCausalLM
-
     if len(tokenizer) > config.vocab_size and model_args.model_name_or_path:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but {model_args.model_name_or_path} only "
                          f"{config.vocab_size} embeddings; continue pretraining with the model's own tokenizer.")
@@ -154,8 +157,9 @@ def get_model(model_args: ModelArguments, config, tokenizer):
     config.pad_token_id = tokenizer.pad_token_id
     config.use_cache = False  # no key/value cache while training; switched back on for the saved model
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-    if model_args.model_name_or_path:
-        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, config=config, **kwargs)
+    if model_args.model_name_or_path:  # float32 master weights: autocast makes the low-precision copies
+        return loading.load_model(model_args.model_name_or_path, config=config, dtype=torch.float32, device=None,
+                                  trust_remote_code=model_args.trust_remote_code, **kwargs)
     return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
@@ -209,14 +213,17 @@ def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, trai
 # The run
 
 
+def inputs_of(data_args: DataArguments, model_args: ModelArguments) -> list:
+    """The paths a pretraining run reads, which `overwrite_output_dir` must never delete."""
+    return [model_args.model_name_or_path, data_args.tokenizer_name_or_path, data_args.dataset_name]
+
+
 def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig,
              callbacks: Optional[list] = None) -> dict:
     """Pretrain a model as the arguments say and return the training summary (also written to
     `output_dir/training_summary.json`). A finished `output_dir` is reported and returned unchanged."""
-    from transformers import DataCollatorForLanguageModeling
-
     run.setup(training_args)
-    finished = run.prepare_output_dir(training_args)
+    finished = run.prepare_output_dir(training_args, inputs=inputs_of(data_args, model_args))
     if finished is not None:
         return finished
     output_dir = training_args.output_dir
@@ -259,6 +266,8 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     )
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
+    trainer.run_state["data"] = run.data_identity(datasets=[data_args.dataset_name], tokenizer=tokenizer,
+                                                  length=data_args.block_size)
     checkpoint = run.resolve_checkpoint(training_args)
     initial = run.initial_metrics(trainer, checkpoint, lambda: metrics_before_training(trainer, eval_blocks))
     train_output = run.train(trainer, checkpoint)
@@ -283,7 +292,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig):
     """`pretrain`, then (main process) the report a person wants to see: the numbers, samples, how to load it."""
     run.setup(training_args)
-    if (summary := run.finished(training_args)) is not None:
+    if (summary := run.finished(training_args, inputs=inputs_of(data_args, model_args))) is not None:
         return summary
     summary = pretrain(data_args, model_args, training_args)
     if training_args.should_save:

@@ -21,9 +21,9 @@ def make_parser(**kwargs):
 
 
 def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import GRPOTrainer
 
+    from ..models import loading
     from . import run
     from .posttrain import (
         load_model,
@@ -36,7 +36,9 @@ def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
     from .rewards import get_reward_funcs
 
     run.setup(training_args)
-    if run.finished(training_args) is not None:
+    if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
+                                           script_args.dataset_name,
+                                           script_args.reward_model_name_or_path]) is not None:
         return None
 
     # Rewards and data: checked before any model is loaded
@@ -55,9 +57,9 @@ def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
         if (Path(path) / "adapter_config.json").exists():
             raise ValueError(f"{path} is a LoRA adapter; make a standalone reward model first: "
                              f"`openllm merge --adapter {path} --output-dir {path}-merged`.")
-        reward_model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, trust_remote_code=training_args.trust_remote_code)
-        reward_tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=training_args.trust_remote_code)
+        reward_model = loading.load_model(path, head="sequence-classification", num_labels=1, device=None,
+                                          trust_remote_code=model_args.trust_remote_code)
+        reward_tokenizer = loading.load_tokenizer(path, trust_remote_code=model_args.trust_remote_code)
         reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
         reward_funcs = [reward_model, *reward_funcs]
         reward_processing_classes = [reward_tokenizer, *reward_processing_classes]

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import hashlib
 import json
 import logging
 import math
@@ -28,15 +30,23 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import transformers
+from transformers import TrainerCallback
+
 from .. import atomic
 from .allocator import reuse_freed_memory
+
+try:
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:  # transformers 4.57 has it only as the method `Trainer._rotate_checkpoints`
+    rotate_checkpoints = None
 
 logger = logging.getLogger("openllm.training")
 
 SUMMARY_FILE = "training_summary.json"
 CHECKPOINT_STAGING = ".tmp-checkpoint"
 FINAL_STAGING = ".tmp-final"
-RUN_STATE = "run_state_{rank}.json"
+RUN_STATE = "run_state.json"
 TRAINER_STATE = "trainer_state.json"
 # hyperparameters recorded in training_summary.json, when the stage's arguments have them
 SUMMARY_ARGS = (
@@ -54,8 +64,6 @@ def setup(training_args) -> None:
     """Logging (openllm's INFO lines on the main process, warnings only on the others; transformers at the Trainer's
     level), a check that the launcher's request for FSDP is honoured, and the seed: what is built before the Trainer
     seeds itself (a fresh model, a reward model's new score head, LoRA weights) starts the same in every run."""
-    import transformers
-
     transformers.set_seed(training_args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("openllm").setLevel(logging.INFO if training_args.should_log else logging.WARNING)
@@ -146,16 +154,43 @@ def unlock_output_dir(output_dir) -> None:
         handle.close()
 
 
-def prepare_output_dir(training_args) -> Optional[dict]:
+# what a run writes into its output_dir while it trains; the finished folder lists the rest in the summary's "files"
+RUN_ENTRIES = ("checkpoint-*", ".tmp-*", "runs", SUMMARY_FILE)
+
+
+def foreign_entries(output_dir) -> list[str]:
+    """The names in `output_dir` that no OpenLLM run wrote there."""
+    ours = set((read_summary(output_dir) or {}).get("files", ()))
+    return sorted(p.name for p in Path(output_dir).iterdir()
+                  if p.name not in ours and not any(fnmatch.fnmatch(p.name, pattern) for pattern in RUN_ENTRIES))
+
+
+def check_overwrite(output_dir, inputs=()) -> None:
+    """Refuse `overwrite_output_dir` unless `output_dir` holds only what one of our runs wrote, and none of this
+    run's `inputs` (the model to start from, the tokenizer, the data)."""
+    folder = Path(output_dir).resolve()
+    for given in filter(None, inputs):
+        path = Path(given).expanduser()
+        if path.exists() and (path.resolve() == folder or folder in path.resolve().parents):
+            raise ValueError(f"overwrite_output_dir would delete {given}, which this run reads: it is (or is inside) "
+                             f"the output_dir {output_dir}. Choose another --output_dir.")
+    if folder.is_dir() and (foreign := foreign_entries(folder)):
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"overwrite_output_dir removes only a folder written by an OpenLLM run, and {output_dir} "
+                         f"also holds {shown}. Move those elsewhere or choose another --output_dir.")
+
+
+def prepare_output_dir(training_args, inputs=()) -> Optional[dict]:
     """Call before loading anything. Takes the output_dir's lock, completes a final folder whose commit a kill
-    interrupted, clears `output_dir` when `overwrite_output_dir` is set, and returns the summary of a run that
-    already finished there (None otherwise): the caller reports it with `report_finished` and stops, so rerunning a
-    finished command changes nothing."""
+    interrupted, clears `output_dir` when `overwrite_output_dir` is set (see `check_overwrite`; `inputs` are the
+    paths this run reads), and returns the summary of a run that already finished there (None otherwise): the caller
+    reports it with `report_finished` and stops, so rerunning a finished command changes nothing."""
     output_dir = Path(training_args.output_dir)
     if _is_main(training_args):
         lock_output_dir(output_dir)
         atomic.empty_trash(output_dir)
         if getattr(training_args, "overwrite_output_dir", False):
+            check_overwrite(output_dir, inputs)
             if output_dir.exists():
                 logger.info("overwrite_output_dir: removing %s to train from scratch", output_dir)
             atomic.remove_folder(output_dir)
@@ -179,9 +214,9 @@ def remove_run_files(output_dir) -> None:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def finished(training_args) -> Optional[dict]:
+def finished(training_args, inputs=()) -> Optional[dict]:
     """`prepare_output_dir`, and when the run already finished, say so (main process) and return its summary."""
-    summary = prepare_output_dir(training_args)
+    summary = prepare_output_dir(training_args, inputs)
     if summary is not None and _is_main(training_args):
         report_finished(summary, training_args.output_dir)
     return summary
@@ -240,12 +275,54 @@ def resolve_checkpoint(training_args) -> Optional[str]:
     return None
 
 
-def read_run_state(checkpoint, rank: int = 0) -> dict:
-    """What `RunTrainerMixin` saved in `checkpoint` for process `rank` (empty for checkpoints of other programs)."""
+def read_run_state(checkpoint) -> dict:
+    """What `RunTrainerMixin` saved in `checkpoint` (empty for checkpoints of other programs). The same for every
+    rank, so a run resumes on any number of processes."""
     if not checkpoint:
         return {}
-    path = Path(checkpoint) / RUN_STATE.format(rank=rank)
+    path = Path(checkpoint) / RUN_STATE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def batch_identity(training_args) -> dict:
+    return {"world_size": training_args.world_size,
+            "global_batch_size": training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps * training_args.world_size}
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A short hash of what the tokenizer does (its whole `tokenizer.json`), to tell a changed one from the same."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_identity(*, datasets, tokenizer, length: int) -> dict:
+    """What a checkpoint records about the data, so a resumed run sees the same samples in the same order: the data
+    sources in order, the tokenizer, and the block (or maximum) length. The run layer adds the batch shape."""
+    return {"datasets": [str(d) for d in datasets], "tokenizer": tokenizer_hash(tokenizer), "length": length}
+
+
+def check_resume(checkpoint, saved: Optional[dict], now: dict, training_args) -> None:
+    """Refuse to resume from `checkpoint` when the data it was trained on would differ from what this run feeds: a
+    resumed run skips the samples already seen, so a new global batch, length, data source or tokenizer would
+    silently train on other data than the uninterrupted run. The number of processes may change: with the same global
+    batch each optimizer step sees the same samples."""
+    if not saved or training_args.ignore_data_skip:
+        return
+    changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if k != "world_size" and saved[k] != now[k]}
+    if not changed:
+        if saved.get("world_size") != now["world_size"]:
+            logger.info("Resuming a run of %s process(es) on %s, with the same global batch of %s: every step sees "
+                        "the same samples.", saved.get("world_size"), now["world_size"], now["global_batch_size"])
+        return
+    lines = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
+    raise ValueError(
+        f"Cannot resume {checkpoint} exactly: {lines} (checkpoint → this run). The resumed run would skip the samples "
+        "already seen by position, so it would train on other data than the run that wrote the checkpoint. Go back "
+        "to the checkpoint's settings (with another number of processes, keep per_device_train_batch_size × "
+        "gradient_accumulation_steps × processes the same), or pass --ignore_data_skip true to continue from its "
+        "weights with the data read from the start, or choose a new --output_dir to train afresh.")
 
 
 def initial_metrics(trainer, checkpoint, measure: Callable[[], dict]) -> dict:
@@ -282,12 +359,12 @@ class RunTrainerMixin:
     log_expert_load = True
 
     def __init__(self, *args, **kwargs):
-        from transformers import TrainerCallback
-
         super().__init__(*args, **kwargs)
-        self.run_state = {"initial_metrics": {}, "expert_load_total": {}, "train_runtime": 0.0}
+        self.run_state = {"initial_metrics": {}, "expert_load_total": {}, "train_runtime": 0.0, "data": {}}
         self._staging_root = None
         self._resumed_state = {}
+        self._pending_loss = None  # the loss accumulated since the last log before the checkpoint, to put back
+        self._tr_loss_now = None  # the Trainer's running loss tensor (an attribute in transformers 5, a local in 4.57)
         trainer = self
 
         class RestoreAccumulators(TrainerCallback):
@@ -300,7 +377,10 @@ class RunTrainerMixin:
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         self._run_started = time.perf_counter()
-        self._resumed_state = read_run_state(resume_from_checkpoint, self.args.process_index)
+        self.run_state["data"] = {**self.run_state["data"], **batch_identity(self.args)}
+        self._resumed_state = read_run_state(resume_from_checkpoint)
+        if resume_from_checkpoint:
+            check_resume(resume_from_checkpoint, self._resumed_state.get("data"), self.run_state["data"], self.args)
         for key in ("initial_metrics", "expert_load_total", "train_runtime"):
             if key in self._resumed_state:
                 self.run_state[key] = self._resumed_state[key]
@@ -328,9 +408,18 @@ class RunTrainerMixin:
         state = self._resumed_state
         if "total_loss" in state:
             self._total_loss_scalar = state["total_loss"]
-            self._tr_loss += state["pending_loss"]
+            self._pending_loss = state["pending_loss"]
             self._globalstep_last_logged = state["last_logged_step"]
-            self._initial_global_step = 0
+            self._initial_global_step = 0  # transformers 5 divides train_loss by the steps since this one
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        # the one place both majors hand over the running loss tensor; it is updated in place, so adding to it here
+        # counts the loss from before the checkpoint in the next logged loss
+        if self._pending_loss is not None:
+            tr_loss += self._pending_loss
+            self._pending_loss = None
+        self._tr_loss_now = tr_loss
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
 
     def _finish_from_checkpoint(self, checkpoint):
         """The checkpoint is the end of training (the run was killed after its last save): load it and skip
@@ -354,8 +443,6 @@ class RunTrainerMixin:
         return self._staging_root or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        from transformers.trainer_utils import rotate_checkpoints
-
         run_dir = super()._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
         staging_root = os.path.join(run_dir, CHECKPOINT_STAGING)
@@ -369,23 +456,30 @@ class RunTrainerMixin:
         finally:
             self._staging_root = None
         staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
-        os.makedirs(staged, exist_ok=True)
-        atomic.write_json(os.path.join(staged, RUN_STATE.format(rank=self.args.process_index)), {
-            **self.run_state,
-            "train_runtime": self.run_state["train_runtime"] + time.perf_counter() - self._run_started,
-            "total_loss": self._total_loss_scalar, "pending_loss": self._tr_loss.item(),
-            "last_logged_step": self._globalstep_last_logged,
-        })
-        self.accelerator.wait_for_everyone()
+        # every rank's running loss, averaged as the Trainer averages it when it logs: a resumed run logs the same
+        # losses on any number of processes
+        running = self._tr_loss_now
+        pending = 0.0 if running is None else self.accelerator.gather(running.detach()).mean().item()
+        self.accelerator.wait_for_everyone()  # every rank has written its part of the checkpoint
         if self.args.should_save:
+            os.makedirs(staged, exist_ok=True)
+            atomic.write_json(os.path.join(staged, RUN_STATE), {
+                **self.run_state,
+                "train_runtime": self.run_state["train_runtime"] + time.perf_counter() - self._run_started,
+                "total_loss": self._total_loss_scalar, "pending_loss": pending,
+                "last_logged_step": self._globalstep_last_logged,
+            })
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir)
                 self.state.save_to_json(os.path.join(staged, TRAINER_STATE))
             atomic.fsync_tree(staged)
             atomic.replace_folder(staged, final)  # the commit: checkpoint-N exists only complete
             shutil.rmtree(staging_root, ignore_errors=True)
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            if rotate_checkpoints is not None:
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            else:
+                self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
         self.accelerator.wait_for_everyone()
 
     def _issue_warnings_after_load(self, load_result):
@@ -551,6 +645,8 @@ def save_final(trainer, training_args, summary: dict, extras: Optional[Callable[
             extras(staging)
         atomic.write_json(staging / SUMMARY_FILE, summary)
         write_card(staging, name=output_dir.resolve().name)
+        summary["files"] = sorted(p.name for p in staging.iterdir())  # what `overwrite_output_dir` may remove
+        atomic.write_json(staging / SUMMARY_FILE, summary)
         atomic.commit_contents(staging, output_dir, last=SUMMARY_FILE)
         remove_run_files(output_dir)
         logger.info("Saved the model, tokenizer, %s and model card to %s", SUMMARY_FILE, output_dir)

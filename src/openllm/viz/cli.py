@@ -7,6 +7,8 @@
 
 from pathlib import Path
 
+from ..models.loading import add_loading_arguments, load_causal_lm
+
 SUFFIXES = {"attention": (".png",), "experts": (".png",), "confidence": (".html", ".png")}
 
 
@@ -28,7 +30,7 @@ def add_arguments(parser):
         p.add_argument("model", help="model folder (save_pretrained + tokenizer) or Hub id")
         p.add_argument(text_flag, dest="text", required=True, help="the text to look at")
         p.add_argument("--out", required=True, help=f"output file ({' or '.join(SUFFIXES[name])})")
-        p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+        add_loading_arguments(p, dtype=False)  # pictures are drawn from float32 weights
         if name == "attention":
             p.add_argument("--layers", type=str, help="comma-separated layer indices (default: all)")
             p.add_argument("--heads", type=str, help="comma-separated head indices (default: all)")
@@ -39,9 +41,8 @@ def run(args) -> int:
     if out.suffix.lower() not in SUFFIXES[args.picture]:
         raise ValueError(f"--out {args.out}: a {args.picture} picture is written as "
                          f"{' or '.join(SUFFIXES[args.picture])}; change the file name.")
-    from ..evaluation.generation import load_causal_lm
-
-    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32")
+    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32", revision=args.revision,
+                                      trust_remote_code=args.trust_remote_code)
     if args.picture == "attention":
         from .attention import attention_maps, plot_attention
 
