@@ -41,6 +41,6 @@ def tiny_model_dir(tmp_path_factory, lm_tokenizer):
 # the small tokenizer of the synthetic post-training tasks
 @pytest.fixture(scope="session")
 def task_tokenizer():
-    from openllm.data.post_training import make_example_tokenizer
+    from openllm.tasks import make_example_tokenizer
 
     return make_example_tokenizer()

@@ -1,47 +1,11 @@
-"""Synthetic checkable tasks, dataset loading and the format errors raised before training."""
+"""Dataset loading, the TRL formats per stage, and the format errors raised before training."""
 
 import pytest
 from datasets import Dataset
 from helpers.recipes import write_jsonl
 
-from openllm.data.post_training import (
-    TASKS,
-    check_dataset,
-    format_examples,
-    is_correct,
-    load_post_dataset,
-    make_task_examples,
-    synthetic_dataset,
-)
-from openllm.training.rewards import REWARD_FUNCS, get_reward_funcs
-
-
-def _solve(prompt: str) -> str:
-    words = prompt.rstrip("?.").split()
-    if prompt.startswith("What is"):
-        return str(int(words[2]) + int(words[4]))
-    if prompt.startswith("Is"):
-        return "even" if int(words[1]) % 2 == 0 else "odd"
-    return words[-1][::-1]
-
-
-def test_tasks_are_checkable_and_splits_disjoint():
-    train = make_task_examples(TASKS, 600, "train")
-    test = make_task_examples(TASKS, 150, "test")
-    for ex in train + test:
-        assert ex["answer"] == _solve(ex["prompt"]) != ex["wrong"]
-    assert {e["task"] for e in train} == set(TASKS)
-    assert not {e["prompt"] for e in train} & {e["prompt"] for e in test}
-    assert make_task_examples(TASKS, 50, "train") == train[:50]  # deterministic
-
-
-def test_preference_pairs_chosen_correct_rejected_wrong():
-    ds = synthetic_dataset("openllm:mix", "dpo", train_size=60, test_size=10)
-    for row in ds["train"]:
-        assert is_correct(row["chosen"], row["answer"]) and not is_correct(row["rejected"], row["answer"])
-    assert check_dataset(ds["train"], "dpo") == "preference"
-    standard = synthetic_dataset("openllm:addition", "sft", fmt="standard", train_size=5, test_size=5)["train"]
-    assert check_dataset(standard, "sft") == "prompt-completion" and isinstance(standard[0]["prompt"], str)
+from openllm.data.post_training import check_dataset, format_examples, load_raw_dataset, split_and_check
+from openllm.tasks import load_post_dataset, make_task_examples
 
 
 @pytest.mark.parametrize("stage, rows, message", [
@@ -70,8 +34,10 @@ def test_local_jsonl_files_become_splits(tmp_path):
     assert (len(single["train"]), len(single["test"])) == (15, 5)  # no test file: split off the training data
     with pytest.raises(ValueError, match="not a preference dataset"):
         load_post_dataset(str(tmp_path / "data"), "dpo")
-    with pytest.raises(ValueError, match="Unknown synthetic dataset 'openllm:division'"):
-        load_post_dataset("openllm:division", "sft")
+    raw = load_raw_dataset(str(tmp_path / "data" / "train.jsonl"))  # as stored: one split, nothing checked
+    assert list(raw) == ["train"] and len(raw["train"]) == 20
+    with pytest.raises(ValueError, match=r"has no split 'validation' \(it has \['train'\]\)"):
+        split_and_check(raw, "sft", "train.jsonl", train_split="validation")
 
 
 def test_chat_template_masks_the_answer_and_its_end_of_turn(tokenizer):
@@ -92,13 +58,3 @@ def test_post_training_uses_the_pretraining_tokens_and_template(tokenizer):
         assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<|pad|>", "<|bos|>", "<|eos|>")
         assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
         assert tok.chat_template == CHAT_TEMPLATE
-
-
-def test_reward_registry():
-    completions = [[{"role": "assistant", "content": "12"}], [{"role": "assistant", "content": "11 maybe"}]]
-    assert REWARD_FUNCS["accuracy"](completions, answer=["12", "12"]) == [1.0, 0.0]
-    assert REWARD_FUNCS["closeness"](completions, answer=["12", "12"]) == [1.0, 0.5]
-    assert REWARD_FUNCS["digits"](["12", "ab"]) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="Unknown reward function.*'acuracy'.*Valid names: accuracy, "
-                                         "verified_accuracy, closeness"):
-        get_reward_funcs(["accuracy", "acuracy"])

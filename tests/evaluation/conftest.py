@@ -33,7 +33,7 @@ def train_qa_model(tokenizer, seed: int, steps: int = QA_STEPS, batch_size: int 
     import torch
 
     import openllm
-    from openllm.data.post_training import make_task_examples
+    from openllm.tasks import make_task_examples
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains faster on one thread, and the machine is shared
@@ -74,7 +74,7 @@ def qa_models(task_tokenizer, tmp_path_factory):
 @pytest.fixture(scope="session")
 def qa_held_out(tmp_path_factory):
     """Held-out question/answer texts (questions never seen in training) as a .jsonl file."""
-    from openllm.data.post_training import make_task_examples
+    from openllm.tasks import make_task_examples
 
     path = tmp_path_factory.mktemp("qa-data") / "held_out.jsonl"
     rows = [{"text": qa_text(e)} for e in make_task_examples(n=120, split="test")]

@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from openllm.cli import main
-from openllm.evaluation.generation import build_prompt, generate, load_causal_lm
+from openllm.evaluation.answers import answer_accuracy, evaluate_reasoning
+from openllm.evaluation.generation import build_prompt, generate, generate_completions, load_causal_lm
+from openllm.tasks import ANSWER
+from openllm.tasks.reasoning import WORD_PROBLEMS
+from openllm_cli import main
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>{% endfor %}"
                  "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
@@ -66,3 +69,31 @@ def test_generate_errors_are_clear(tiny_model_dir, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
     code, _, err = run_generate(capsys, tiny_model_dir, "--prompt", "x", "--temperature", 0)
     assert code == 2 and "temperature must be > 0" in err
+
+
+def test_batched_completions_match_one_at_a_time_and_restore_the_model(tiny_model_dir):
+    model, tokenizer = load_causal_lm(str(tiny_model_dir), device="cpu")
+    prompts = ["The quick brown", "A", "Once upon a time there was"]  # different lengths: left padding matters
+    model.train()
+    side = tokenizer.padding_side
+    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    assert model.training and tokenizer.padding_side == side
+    assert batched == [generate_completions(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
+    sampled = generate_completions(model, tokenizer, prompts, max_new_tokens=6, num_samples=3, temperature=1.0)
+    assert [len(group) for group in sampled] == [3, 3, 3]
+    assert sampled == generate_completions(model, tokenizer, prompts, max_new_tokens=6, num_samples=3,
+                                           temperature=1.0)  # seeded
+
+
+def test_answer_accuracy_and_reasoning_scores_use_the_task(tiny_model_dir):
+    model, tokenizer = load_causal_lm(str(tiny_model_dir), device="cpu")
+    prompts = ["The quick brown", "A"]
+    said = [c[0] for c in generate_completions(model, tokenizer, prompts, max_new_tokens=4)]
+    right = [{"prompt": p, "answer": s.strip()} for p, s in zip(prompts, said)]
+    assert answer_accuracy(model, tokenizer, ANSWER, right, max_new_tokens=4) == 1.0
+    wrong = [{**right[0], "answer": right[0]["answer"] + "x"}, right[1]]
+    assert answer_accuracy(model, tokenizer, ANSWER, wrong, max_new_tokens=4) == 0.5
+    # the reasoning tasks want a `####` line, which this model never writes
+    rows = [{**r, "task": "word-problems"} for r in right]
+    scores = evaluate_reasoning(model, tokenizer, WORD_PROBLEMS, rows, max_new_tokens=4, k=2)
+    assert scores == {"exact_match": 0.0, "well_formed": 0.0, "n": 2, "pass@1_t1": 0.0, "pass@2_t1": 0.0}

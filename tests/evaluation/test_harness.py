@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from openllm.cli import main
+from openllm.data.text import load_eval_texts
 from openllm.evaluation.generation import load_causal_lm
 from openllm.evaluation.harness import TASKS_DIR, run_lm_eval
-from openllm.evaluation.perplexity import evaluate_model, load_eval_texts
+from openllm.evaluation.perplexity import evaluate_model
+from openllm_cli import main
 
 pytest.importorskip("lm_eval")
 HELDOUT = TASKS_DIR / "data" / "heldout.jsonl"
@@ -50,8 +51,8 @@ def test_lm_eval_and_native_bits_per_byte_agree_and_reach_the_card(tiny_model_di
 
 def test_synthetic_tasks_score_what_the_model_prefers_and_generates(qa_models):
     """lm-eval's multiple-choice accuracy and exact match equal the same decisions computed here by hand."""
-    from openllm.data.post_training import is_correct
     from openllm.evaluation.tasks.utils import synthetic_choices
+    from openllm.tasks.answer import answer_matches as is_correct
 
     model, tokenizer = load_causal_lm(str(qa_models[0]), device="cpu")
     summary = run_lm_eval(model, tokenizer, "openllm_synthetic_mc,openllm_synthetic_gen", limit=30)

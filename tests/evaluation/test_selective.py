@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers.tiny_lm import CORPUS
 
-from openllm.cli import main
 from openllm.evaluation.confidence import risk_coverage, sequence_confidence, should_abstain
 from openllm.evaluation.generation import generate, generate_with_confidence, load_causal_lm
 from openllm.evaluation.perplexity import evaluate_model
+from openllm_cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PROMPT = "Question: What is 12 + 7?\nAnswer:"

@@ -3,7 +3,8 @@
 import pytest
 from helpers.recipes import run_recipe, write_jsonl
 
-from openllm.data.post_training import format_examples, make_task_examples
+from openllm.data.post_training import format_examples
+from openllm.tasks import make_task_examples
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ in the wrong format and a tidy solution with the wrong answer each earn what the
 
 import pytest
 
-from openllm.data.reasoning import addition_solution
+from openllm.tasks.reasoning import addition_solution
 from openllm.training.rewards import REWARD_FUNCS, get_reward_funcs
 
 RIGHT = addition_solution(457, 68)                      # three consistent columns, #### 525
@@ -70,3 +70,13 @@ def test_get_reward_funcs_by_name_and_clear_error():
     with pytest.raises(ValueError, match=r"Unknown reward function\(s\) \[.format.\]\. Valid names: accuracy, "
                                          r"verified_accuracy, closeness, answer_digits, reasoning_format"):
         get_reward_funcs(["accuracy", "format"])
+
+
+def test_reward_registry_on_bare_answers():
+    completions = [[{"role": "assistant", "content": "12"}], [{"role": "assistant", "content": "11 maybe"}]]
+    assert REWARD_FUNCS["accuracy"](completions, answer=["12", "12"]) == [1.0, 0.0]
+    assert REWARD_FUNCS["closeness"](completions, answer=["12", "12"]) == [1.0, 0.5]
+    assert REWARD_FUNCS["digits"](["12", "ab"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="Unknown reward function.*'acuracy'.*Valid names: accuracy, "
+                                         "verified_accuracy, closeness"):
+        get_reward_funcs(["accuracy", "acuracy"])

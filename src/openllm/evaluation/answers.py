@@ -1,47 +1,71 @@
-"""Answer accuracy with selective prediction on questions whose answers a program can check: each question is answered
-greedily, checked, and given the model's confidence; ranking answers by confidence gives the risk-coverage curve.
+"""Running a model over a checkable task (`openllm.tasks`): answer accuracy, exact match and pass@k on worked
+solutions, and answer accuracy with selective prediction.
 
     openllm eval MODEL --answers openllm:mix --answers-size 300 --output-dir MODEL    # writes risk_coverage.png
 
-Questions are the held-out ones of the synthetic tasks (`openllm.data.post_training`), asked in the format the
-post-training recipes teach: "Question: ...\\nAnswer:" (or as a user turn through the chat template with `--chat`).
+Selective prediction: each question is answered greedily, checked, and given the model's confidence; ranking answers
+by confidence gives the risk-coverage curve. Questions are the held-out ones of the synthetic tasks, asked in the
+format the post-training recipes teach: "Question: ...\\nAnswer:" (or as a user turn through the chat template with
+`--chat`).
 """
 
+from tqdm.auto import tqdm
+
+from ..tasks import ANSWER, Task, get_task
+from ..tasks.reasoning import check_solution
 from .confidence import RISK_COVERAGE_FILE, plot_risk_coverage, risk_coverage
+from .generation import generate_completions, generate_with_confidence
 
 # confidence scores compared on the same answers: higher means more confident
 SCORES = {"confidence": lambda c: c["confidence"], "min_logprob": lambda c: c["min_logprob"],
           "neg_mean_entropy": lambda c: -c["mean_entropy"]}
 
 
-def synthetic_questions(spec: str = "openllm:mix", n: int = 200, seed: int = 0) -> list[dict]:
-    """Held-out questions of `spec`: "openllm:mix" (every task), "openllm:addition", or "addition,parity"."""
-    from ..data.post_training import SYNTHETIC_PREFIX, TASKS, make_task_examples
+def answer_accuracy(model, tokenizer, task: Task, examples, max_new_tokens: int = 8, batch_size: int = 64) -> float:
+    """Share of `examples` ({prompt, answer}; prompts as strings or chat messages) whose greedy completion `task`
+    evaluates as right."""
+    completions = generate_completions(model, tokenizer, [e["prompt"] for e in examples],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return sum(task.evaluate(e, c[0]) for e, c in zip(examples, completions)) / max(len(examples), 1)
 
-    name = spec.removeprefix(SYNTHETIC_PREFIX)
-    tasks = TASKS if name == "mix" else tuple(t.strip() for t in name.split(",") if t.strip())
+
+def evaluate_reasoning(model, tokenizer, task: Task, examples, max_new_tokens: int = 96, k: int = 0,
+                       temperature: float = 1.0, batch_size: int = 64) -> dict:
+    """Greedy exact match and well-formed share (`check_solution`) on `examples` ({prompt, answer}); with `k`, also
+    pass@1 and pass@k of `k` samples at `temperature` (the headroom RL can turn into greedy accuracy)."""
+    prompts = [e["prompt"] for e in examples]
+    greedy = [c[0] for c in generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size)]
+    result = {"exact_match": sum(map(task.evaluate, examples, greedy)) / len(examples),
+              "well_formed": sum(check_solution(c).well_formed for c in greedy) / len(examples), "n": len(examples)}
+    if k:
+        samples = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       batch_size=max(batch_size // k, 1), num_samples=k, temperature=temperature)
+        hits = [[task.evaluate(e, c) for c in group] for group, e in zip(samples, examples)]
+        result[f"pass@1_t{temperature:g}"] = sum(map(sum, hits)) / (k * len(examples))
+        result[f"pass@{k}_t{temperature:g}"] = sum(map(any, hits)) / len(examples)
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
+
+
+def synthetic_questions(spec: str = "openllm:mix", n: int = 200, seed: int = 0) -> list[dict]:
+    """Held-out questions of task `spec` (`openllm.tasks.get_task`): "openllm:mix", "addition", "addition,parity"."""
     if n < 1:
         raise ValueError(f"--answers-size must be at least 1, got {n}.")
-    return make_task_examples(tasks, n, split="test", seed=seed)
+    return get_task(spec).examples("test", n, seed)
 
 
-def evaluate_answers(model, tokenizer, examples, *, chat: bool = False, max_new_tokens: int = 16,
+def evaluate_answers(model, tokenizer, examples, *, task: Task = ANSWER, chat: bool = False, max_new_tokens: int = 16,
                      show_progress: bool = False) -> dict:
-    """Answer every example ({prompt, answer}) greedily, check it, and rank by confidence: per-answer rows, accuracy,
-    the risk-coverage curve and its AURC (by `confidence` = exp(mean token log-prob), plus the AURC of the other
-    scores in `SCORES` for comparison)."""
-    from tqdm.auto import tqdm
-
-    from ..data.post_training import is_correct
-    from .generation import generate_with_confidence
-
+    """Answer every example ({prompt, answer}) greedily, check it with `task`, and rank by confidence: per-answer
+    rows, accuracy, the risk-coverage curve and its AURC (by `confidence` = exp(mean token log-prob), plus the AURC of
+    the other scores in `SCORES` for comparison)."""
     rows = []
     for example in tqdm(examples, desc="answers", disable=not show_progress):
         prompt = example["prompt"] if chat else f"Question: {example['prompt']}\nAnswer:"
         result = generate_with_confidence(model, tokenizer, prompt, greedy=True, max_new_tokens=max_new_tokens,
                                           stop=["\n"], chat=chat)
         rows.append({"task": example.get("task"), "prompt": example["prompt"], "answer": example["answer"],
-                     "completion": result.text.strip(), "correct": is_correct(result.text, example["answer"]),
+                     "completion": result.text.strip(), "correct": task.evaluate(example, result.text),
                      "finish_reason": result.finish_reason, **result.confidence.to_dict()})
     correct = [r["correct"] for r in rows]
     curve = risk_coverage([r["confidence"] for r in rows], correct)
@@ -66,4 +90,5 @@ def save_risk_coverage(report: dict, path) -> None:
     plot_risk_coverage(curve, path)
 
 
-__all__ = ["synthetic_questions", "evaluate_answers", "save_risk_coverage", "RISK_COVERAGE_FILE"]
+__all__ = ["answer_accuracy", "evaluate_reasoning", "synthetic_questions", "evaluate_answers", "save_risk_coverage",
+           "RISK_COVERAGE_FILE"]

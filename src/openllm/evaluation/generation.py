@@ -11,10 +11,13 @@ token probabilities) is at least P; otherwise the output is empty and stderr say
 
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from ..hub.paths import check_model_path
+import torch
+from transformers import TextStreamer, set_seed
+
+from ..models.loading import add_loading_arguments, load_causal_lm
 from .confidence import (
     ABSTAIN,
     SequenceConfidence,
@@ -24,28 +27,6 @@ from .confidence import (
     should_abstain,
     token_logprobs_and_entropies,
 )
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def load_causal_lm(model_name_or_path: str, device: str | None = None, dtype: str = "auto"):
-    """(model, tokenizer) from a local folder or a Hub id, in eval mode; custom code is trusted (OpenLLM folders
-    carry their modeling file)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    check_model_path(model_name_or_path)
-    path = Path(model_name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=True)
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=torch_dtype, trust_remote_code=True)
-    except OSError as error:
-        where = "the folder" if path.is_dir() else "the Hub (it is not a local folder either)"
-        raise OSError(f"Could not load a causal LM and its tokenizer {model_name_or_path!r} from {where}: "
-                      f"{error}") from error
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
 
 
 def build_prompt(tokenizer, prompt: str, chat: bool = False, system: str | None = None) -> str:
@@ -63,8 +44,6 @@ def build_prompt(tokenizer, prompt: str, chat: bool = False, system: str | None 
 
 def _prepare(model, tokenizer, prompt, *, max_new_tokens, temperature, top_k, top_p, greedy, seed, chat, system):
     """(tokenized prompt on the model's device, sampling kwargs for `model.generate`) after checking the settings."""
-    from transformers import set_seed
-
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if not greedy and temperature <= 0:
@@ -104,14 +83,51 @@ def generate(
 ) -> str:
     """Complete `prompt` and return only the new text. `greedy` decodes deterministically; otherwise tokens are
     sampled (temperature, top-k, top-p), reproducibly when `seed` is given. `streamer` is e.g. a `TextStreamer`."""
-    import torch
-
     inputs, sampling = _prepare(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, chat=chat, system=system)
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
                                 streamer=streamer, **sampling)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@contextmanager
+def scoring_mode(model, tokenizer, padding_side: str):
+    """Eval mode and no gradients, with the tokenizer padding on `padding_side`; both restored afterwards (a
+    measurement may run inside a training run)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def generate_completions(model, tokenizer, prompts, *, max_new_tokens: int = 96, batch_size: int = 64,
+                         num_samples: int = 1, temperature: float = 0.0, seed: int = 0) -> list[list[str]]:
+    """`num_samples` completions per prompt (strings, or chat messages through the chat template), generated in
+    left-padded batches: greedy when `temperature` is 0, else sampled from the full distribution."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
+             else p for p in prompts]
+    sample = temperature > 0
+    if sample:
+        # seeding only when sampling: a greedy measurement inside training must not reset the training RNG
+        torch.manual_seed(seed)
+    completions = []
+    with scoring_mode(model, tokenizer, "left"):
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample,
+                                 temperature=temperature if sample else None, top_k=0 if sample else None,
+                                 top_p=1.0 if sample else None, num_return_sequences=num_samples,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            completions += [decoded[i:i + num_samples] for i in range(0, len(decoded), num_samples)]
+    return completions
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -170,8 +186,6 @@ def generate_with_confidence(
     (exp(mean token log-prob), see `openllm.evaluation.confidence`) is strictly below it is withheld:
     `finish_reason == "abstain"`. `stop` strings end the completion (see `stop_token_ids`; the text is cut before
     them)."""
-    import torch
-
     threshold = None if abstain_below is None else check_threshold(abstain_below)
     inputs, sampling = _prepare(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, chat=chat, system=system)
@@ -210,16 +224,13 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, help="makes sampling reproducible")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (ignores temperature/top-k/top-p)")
     parser.add_argument("--no-stream", action="store_true", help="print the completion once it is finished")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    add_loading_arguments(parser)
     parser.add_argument("--abstain-below", type=float, metavar="P",
                         help="withhold a completion whose confidence (geometric mean token probability) is below P")
     parser.add_argument("--stop", action="append", default=[], help="stop string, e.g. a newline (repeatable)")
 
 
 def run(args) -> int:
-    from transformers import TextStreamer
-
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed,
@@ -227,7 +238,8 @@ def run(args) -> int:
     try:
         if args.abstain_below is not None:
             check_threshold(args.abstain_below)
-        model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                                          trust_remote_code=args.trust_remote_code)
         if args.abstain_below is not None or args.stop:
             # the decision needs the whole completion, so nothing is streamed
             result = generate_with_confidence(model, tokenizer, prompt, abstain_below=args.abstain_below,

@@ -8,8 +8,12 @@ train, measure after, save the finished folder through `openllm.training.run`).
 import argparse
 import logging
 import math
-from contextlib import contextmanager
 
+from ..data.post_training import check_dataset
+from ..evaluation.answers import answer_accuracy
+from ..evaluation.generation import scoring_mode as _scoring
+from ..models import loading
+from ..tasks import ANSWER, load_post_dataset, make_example_tokenizer
 from . import run
 
 logger = logging.getLogger("openllm.training.posttrain")
@@ -25,11 +29,9 @@ OPENLLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 def load_tokenizer(script_args, model_args, training_args):
-    from transformers import AutoTokenizer
-
     name = script_args.tokenizer_name_or_path or model_args.model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision,
-                                              trust_remote_code=getattr(training_args, "trust_remote_code", False))
+    tokenizer = loading.load_tokenizer(name, revision=model_args.model_revision,
+                                       trust_remote_code=training_args.trust_remote_code)
     if tokenizer.pad_token is None:
         logger.info("The tokenizer has no pad token; using its eos token %r for padding.", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
@@ -60,13 +62,11 @@ def check_quantization(model_args):
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
-    """Keyword arguments for `from_pretrained`, as TRL's scripts build them (dtype, attention, quantization)."""
+    """Keyword arguments for `from_pretrained`, as TRL's scripts build them (attention, quantization)."""
     from trl import get_quantization_config
 
     check_quantization(model_args)
-    kwargs = dict(revision=model_args.model_revision,
-                  trust_remote_code=getattr(training_args, "trust_remote_code", False),
-                  attn_implementation=model_args.attn_implementation, dtype=model_args.dtype or "auto")
+    kwargs = dict(attn_implementation=model_args.attn_implementation)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         from accelerate import PartialState
@@ -79,16 +79,13 @@ def model_init_kwargs(model_args, training_args) -> dict:
 def load_model(model_args, training_args, sequence_classification: bool = False):
     """The model to train: a causal LM, or (reward models) a 1-label sequence classifier whose decoder is initialised
     from the causal LM checkpoint and whose `score` head is new."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
-
     kwargs = model_init_kwargs(model_args, training_args)
     if sequence_classification:
-        model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, num_labels=1,
-                                                                   **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        kwargs["num_labels"] = 1
+    model = loading.load_model(model_args.model_name_or_path, device=None, dtype=model_args.dtype or "auto",
+                               head="sequence-classification" if sequence_classification else "causal-lm",
+                               revision=model_args.model_revision,
+                               trust_remote_code=training_args.trust_remote_code, **kwargs)
     config = model.config
     if hasattr(training_args, "router_aux_loss_coef") and getattr(config, "model_type", "") == "openllm":
         if not getattr(config, "num_experts", 0) and training_args.router_aux_loss_coef is None:
@@ -121,8 +118,6 @@ def peft_config(model_args, model=None, task_type: str | None = None):
 def load_stage_dataset(script_args, stage: str, seed: int = 0):
     """(train, test, format) for `stage`, checked and truncated as the script arguments say; format is
     "conversational" when examples are chat messages."""
-    from ..data.post_training import check_dataset, load_post_dataset
-
     dataset = load_post_dataset(script_args.dataset_name, stage, script_args.dataset_config,
                                 script_args.dataset_train_split, script_args.dataset_test_split, seed=seed,
                                 terse_fraction=script_args.terse_fraction)
@@ -141,41 +136,6 @@ def load_stage_dataset(script_args, stage: str, seed: int = 0):
 # ---------------------------------------------------------------------------------------------------------------------
 # Exact-match accuracy on checkable answers
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _scoring(model, tokenizer, padding_side: str):
-    """Eval mode and no gradients, with the tokenizer padding on `padding_side`; both restored afterwards (the
-    measurement runs inside a training run)."""
-    import torch
-
-    side, tokenizer.padding_side = tokenizer.padding_side, padding_side
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-
-
-def answer_accuracy(model, tokenizer, prompts, answers, max_new_tokens: int = 8, batch_size: int = 64) -> float:
-    """Share of `prompts` (strings or chat messages) for which greedy decoding yields exactly `answers`."""
-    from ..data.post_training import is_correct
-
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
-             else p for p in prompts]
-    correct = 0
-    with _scoring(model, tokenizer, "left"):
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            completions = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            correct += sum(is_correct(c, a) for c, a in zip(completions, answers[start:start + batch_size]))
-    return correct / max(len(texts), 1)
 
 
 def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> list[float]:
@@ -219,6 +179,7 @@ def eval_preference_accuracy(trainer, eval_dataset) -> float | None:
 
 
 def eval_answer_accuracy(trainer, script_args, eval_dataset) -> float | None:
+    """Greedy answer accuracy on the rows of `eval_dataset` that carry an `answer` (`openllm.tasks.answer`)."""
     if not script_args.answer_accuracy or eval_dataset is None or "answer" not in eval_dataset.column_names:
         return None
     if "prompt" in eval_dataset.column_names:
@@ -226,7 +187,8 @@ def eval_answer_accuracy(trainer, script_args, eval_dataset) -> float | None:
     else:  # conversations: everything before the final assistant turn
         prompts = [m[:max(i for i, x in enumerate(m) if x["role"] == "assistant")] for m in eval_dataset["messages"]]
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    return round(answer_accuracy(trainer.model, tokenizer, prompts, eval_dataset["answer"],
+    examples = [{"prompt": p, "answer": a} for p, a in zip(prompts, eval_dataset["answer"])]
+    return round(answer_accuracy(trainer.model, tokenizer, ANSWER, examples,
                                  max_new_tokens=script_args.answer_max_new_tokens), 4)
 
 
@@ -257,6 +219,10 @@ def train_and_finish(trainer, stage: str, script_args, training_args, model_args
     folder with its `training_summary.json` and model card; push when asked. `extra_metrics(trainer) -> dict` adds
     stage metrics after training. Returns the summary."""
     trainer.log_expert_load = script_args.log_expert_load
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    trainer.run_state["data"] = run.data_identity(
+        datasets=[script_args.dataset_name], tokenizer=tokenizer,
+        length=getattr(training_args, "max_length", None) or getattr(training_args, "max_completion_length", None))
     checkpoint = run.resolve_checkpoint(training_args)
     initial = run.initial_metrics(trainer, checkpoint,
                                   lambda: measure(trainer, stage, script_args, eval_dataset, prefix="initial_"))
@@ -301,7 +267,6 @@ def init_base(folder, preset: str = "tiny", tokenizer=None, seed: int = 0, **ove
     import torch
 
     from .. import OpenLLMForCausalLM, get_preset_config
-    from ..data.post_training import make_example_tokenizer
     from ..data.tokenizer import save_tokenizer
 
     tokenizer = tokenizer or make_example_tokenizer()

@@ -58,8 +58,8 @@ def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
             raise ValueError(f"{path} is a LoRA adapter; make a standalone reward model first: "
                              f"`openllm merge --adapter {path} --output-dir {path}-merged`.")
         reward_model = loading.load_model(path, head="sequence-classification", num_labels=1, device=None,
-                                          trust_remote_code=model_args.trust_remote_code)
-        reward_tokenizer = loading.load_tokenizer(path, trust_remote_code=model_args.trust_remote_code)
+                                          trust_remote_code=training_args.trust_remote_code)
+        reward_tokenizer = loading.load_tokenizer(path, trust_remote_code=training_args.trust_remote_code)
         reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
         reward_funcs = [reward_model, *reward_funcs]
         reward_processing_classes = [reward_tokenizer, *reward_processing_classes]

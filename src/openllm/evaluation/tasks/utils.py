@@ -4,30 +4,29 @@ it reads its data relative to itself and needs only `openllm` importable."""
 import zlib
 from pathlib import Path
 
+import datasets
+
+from openllm.tasks import ANSWER, get_task
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_HELDOUT = HERE / "data" / "heldout.jsonl"
 
 
 def _test_split(rows: list[dict]):
-    import datasets
-
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def heldout(data_files=None, text_column: str = "text", **_):
     """The texts of `data_files` (any file `openllm eval --dataset` reads; default: the shipped sample)."""
-    from openllm.evaluation.perplexity import load_eval_texts
+    from openllm.data.text import load_eval_texts
 
     texts, _split = load_eval_texts(str(data_files or DEFAULT_HELDOUT), text_column=text_column)
     return _test_split([{"text": t} for t in texts])
 
 
 def _examples(synthetic_tasks="addition,parity,reverse", synthetic_size=300, synthetic_seed=0):
-    from openllm.data.post_training import make_task_examples
-
-    tasks = tuple(t.strip() for t in synthetic_tasks.split(",")) if isinstance(synthetic_tasks, str) else \
-        tuple(synthetic_tasks)
-    return make_task_examples(tasks, int(synthetic_size), split="test", seed=int(synthetic_seed))
+    names = synthetic_tasks if isinstance(synthetic_tasks, str) else ",".join(synthetic_tasks)
+    return get_task(names).examples("test", int(synthetic_size), int(synthetic_seed))
 
 
 def synthetic_choices(synthetic_tasks="addition,parity,reverse", synthetic_size=300, synthetic_seed=0, **_):
@@ -45,6 +44,4 @@ def synthetic_questions(synthetic_tasks="addition,parity,reverse", synthetic_siz
 
 
 def process_answer(doc, results):
-    from openllm.data.post_training import is_correct
-
-    return {"exact_match": float(is_correct(results[0], doc["answer"]))}
+    return {"exact_match": float(ANSWER.evaluate(doc, results[0]))}

@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 from helpers.recipes import RECIPES
 
-from openllm.training.chain import STAGES
+from openllm.chain import STAGES
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # a few steps of each stage on a few examples; everything else is the chain's own YAML
 SHRINK = {
@@ -120,7 +120,7 @@ def test_chain_killed_then_rerun_finishes_and_a_third_run_changes_nothing(tmp_pa
 
 
 def test_a_finished_stage_whose_yaml_changed_is_named_with_both_values():
-    from openllm.training.chain import changed_settings
+    from openllm.chain import changed_settings
 
     summary = {"base_model": "outputs/chain/dpo", "training_args": {"max_steps": 40, "learning_rate": 0.0001}}
     config = {"model_name_or_path": "outputs/chain/dpo", "max_steps": 50, "learning_rate": 1.0e-4, "temperature": 1.0}
@@ -130,7 +130,7 @@ def test_a_finished_stage_whose_yaml_changed_is_named_with_both_values():
 
 
 def test_a_decay_given_as_a_fraction_matches_the_steps_the_run_recorded():
-    from openllm.training.chain import changed_settings
+    from openllm.chain import changed_settings
 
     config = yaml.safe_load((RECIPES / "pretrain_quickstart.yaml").read_text())
     assert config["lr_scheduler_kwargs"] == {"num_decay_steps": 0.2} and config["max_steps"] == 600

@@ -15,35 +15,30 @@ A solution is one step per line and a last line `#### <answer>`:
     #### 525
 
 `check_solution` parses that: every equation on a line must hold, a `write u carry k` step must split its sum
-into units and carry, the next column must add the carry, and the answer line must be there. The reward functions in
-`openllm.training.rewards` score completions with it.
+into units and carry, the next column must add the carry, and the answer line must be there. A task `evaluate`s a
+completion by its `####` answer (`final_answer_is`) and `reward`s it only when that answer is reached by grounded
+steps that all hold (`is_verified`); `answer_digits` and `format_score` are denser rewards.
 
-Rows carry `task`, `answer` (the final answer alone) and the stage's TRL columns: `messages` (SFT), `prompt` +
-`chosen` + `rejected` (DPO, reward model; the rejected solution makes one realistic slip and carries it through
-to a wrong answer), `prompt` (RLHF). Train and test questions are disjoint by construction: a stable hash of the
-question's numbers (not its wording) decides its split.
-
-    python -m openllm.data.reasoning write --output-dir data/reasoning          # JSONL per stage, to read or edit
-    python -m openllm.data.reasoning eval outputs/chain/sft --task addition-cot  # greedy exact match and pass@k
+Examples are {task, prompt, solution, answer (the final answer alone), wrong_solution}: the wrong solution makes one
+realistic slip and carries it through to a wrong answer. Train and test questions are disjoint by construction: a
+stable hash of the question's numbers (not its wording) decides its split.
 """
 
-import argparse
 import ast
-import json
 import operator
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .post_training import FORMATS, answer_of, draw_split, format_examples
+from datasets import Dataset, DatasetDict
 
-TASKS = ("addition-cot", "word-problems")
-MIX = "reasoning"
+from ..data.post_training import FORMATS
+from .common import Task, TaskMixture, answer_of
+
 ANSWER_MARK = "####"
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Tasks
+# Generators
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -137,32 +132,66 @@ def _word_problems(rng: random.Random):
     return key, question, word_problem_solution(steps), word_problem_solution(steps, slip, rng.choice((-2, -1, 1, 2)))
 
 
-_TASK_FUNCTIONS = {"addition-cot": _addition, "word-problems": _word_problems}
+# ---------------------------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------------------------
 
 
-def make_reasoning_examples(tasks=TASKS, n: int = 1000, split: str = "train", seed: int = 0,
-                            test_fraction: float = 0.1, terse_fraction: float = 0.0) -> list[dict]:
-    """`n` examples {task, prompt, solution, answer, wrong_solution} cycling through `tasks`. A question's split is
-    decided by a hash of its numbers, so no test problem appears in training under other names or wording.
-    `terse_fraction` of the examples give the answer line alone (`#### 525`, and a wrong one for `wrong_solution`),
-    as much real instruction data does: a model trained on both styles answers either way, and which way pays off
-    is what RL on verified answers finds (`recipes/chain/`)."""
-    unknown = [t for t in tasks if t not in _TASK_FUNCTIONS]
-    if unknown:
-        raise ValueError(f"Unknown reasoning task(s) {unknown}. Choose from: {', '.join(TASKS)}.")
+class ReasoningTask(Task):
+    family = "reasoning"
+    kind = "reasoning task"
+    chosen, rejected, answer_lead = "solution", "wrong_solution", "\n"
 
-    if not 0 <= terse_fraction <= 1:
-        raise ValueError(f"terse_fraction must be between 0 and 1, got {terse_fraction}.")
+    def __init__(self, name: str, make=None):
+        self.name, self.make = name, make
 
-    def draw(task, rng):
-        key, prompt, solution, wrong = _TASK_FUNCTIONS[task](rng)
+    def rng(self, seed: int, split: str) -> random.Random:
+        return random.Random(f"reasoning-{seed}-{split}")
+
+    def draw(self, rng: random.Random, terse_fraction: float = 0.0) -> tuple[str, dict]:
+        """`terse_fraction` of the examples give the answer line alone (`#### 525`, and a wrong one for
+        `wrong_solution`), as much real instruction data does: a model trained on both styles answers either way,
+        and which way pays off is what RL on verified answers finds (`recipes/chain/`)."""
+        if self.make is None:
+            raise ValueError(f"{self.name} is read from a dataset (e.g. dataset_name: openai/gsm8k), not generated.")
+        key, prompt, solution, wrong = self.make(rng)
         if terse_fraction and rng.random() < terse_fraction:
             solution, wrong = solution.splitlines()[-1], wrong.splitlines()[-1]
-        return f"{task}:{key}", {"task": task, "prompt": prompt, "solution": solution,
-                                 "answer": final_answer(solution), "wrong_solution": wrong}
+        return f"{self.name}:{key}", {"task": self.name, "prompt": prompt, "solution": solution,
+                                      "answer": final_answer(solution), "wrong_solution": wrong}
 
-    return draw_split(draw, tasks, n, split, random.Random(f"reasoning-{seed}-{split}"), test_fraction,
-                      kind="reasoning task")
+    def examples(self, split: str = "train", n: int = 1000, seed: int = 0, test_fraction: float = 0.1,
+                 terse_fraction: float = 0.0) -> list[dict]:
+        return make_reasoning_examples((self.name,), n, split, seed, test_fraction, terse_fraction)
+
+    def evaluate(self, example: dict, completion) -> bool:
+        return final_answer_is(completion, example["answer"])
+
+    def reward(self, example: dict, completion) -> float:
+        return float(is_verified(example["prompt"], completion, example["answer"]))
+
+
+ADDITION_COT = ReasoningTask("addition-cot", _addition)
+WORD_PROBLEMS = ReasoningTask("word-problems", _word_problems)
+GSM8K = ReasoningTask("gsm8k")  # rows converted from GSM8K-style data: scored like the others, never generated
+TASKS = (ADDITION_COT, WORD_PROBLEMS)
+NAMES = tuple(t.name for t in TASKS)
+MIX = TaskMixture("reasoning", TASKS)
+
+
+def make_reasoning_examples(tasks=NAMES, n: int = 1000, split: str = "train", seed: int = 0,
+                            test_fraction: float = 0.1, terse_fraction: float = 0.0) -> list[dict]:
+    """`n` examples {task, prompt, solution, answer, wrong_solution} cycling through the named `tasks`. A question's
+    split is decided by a hash of its numbers, so no test problem appears in training under other names or wording.
+    See `ReasoningTask.draw` for `terse_fraction`."""
+    unknown = [t for t in tasks if t not in NAMES]
+    if unknown:
+        raise ValueError(f"Unknown reasoning task(s) {unknown}. Choose from: {', '.join(NAMES)}.")
+    if not 0 <= terse_fraction <= 1:
+        raise ValueError(f"terse_fraction must be between 0 and 1, got {terse_fraction}.")
+    by_name = {t.name: t for t in TASKS}
+    return TaskMixture(",".join(tasks), [by_name[t] for t in tasks]).examples(split, n, seed, test_fraction,
+                                                                              terse_fraction=terse_fraction)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -203,47 +232,11 @@ def is_question_answer(dataset) -> bool:
 
 def convert_question_answer(dataset, stage: str, fmt: str | None = None):
     """Every split of a GSM8K-style DatasetDict in the TRL format of `stage`; other datasets unchanged."""
-    from datasets import Dataset, DatasetDict
-
     if not isinstance(dataset, DatasetDict) or not all(is_question_answer(split) for split in dataset.values()):
         return dataset
     fmt = fmt if fmt in FORMATS else "conversational"
-    return DatasetDict({name: Dataset.from_list(format_reasoning([from_question_answer(r) for r in split], stage, fmt))
+    return DatasetDict({name: Dataset.from_list(GSM8K.format([from_question_answer(r) for r in split], stage, fmt))
                         for name, split in dataset.items()})
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# TRL formats
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def format_reasoning(examples: list[dict], stage: str, fmt: str = "conversational") -> list[dict]:
-    """Reasoning examples in the TRL format of `stage`, keeping `task` and `answer` for the rewards."""
-    return format_examples(examples, stage, fmt, chosen="solution", rejected="wrong_solution", answer_lead="\n")
-
-
-def is_reasoning_dataset(name: str) -> bool:
-    from .post_training import SYNTHETIC_PREFIX
-
-    return name.startswith(SYNTHETIC_PREFIX) and name[len(SYNTHETIC_PREFIX):] in (MIX, *TASKS)
-
-
-def reasoning_dataset(name: str, stage: str, fmt: str | None = None, train_size: int = 4000, test_size: int = 200,
-                      seed: int = 0, terse_fraction: float = 0.0):
-    """DatasetDict(train, test) for `openllm:<task>` (`openllm:reasoning` = every reasoning task); see
-    `make_reasoning_examples` for `terse_fraction`."""
-    from datasets import Dataset, DatasetDict
-
-    from .post_training import SYNTHETIC_PREFIX
-
-    task = name[len(SYNTHETIC_PREFIX):]
-    tasks = TASKS if task == MIX else (task,)
-    return DatasetDict({
-        split: Dataset.from_list(format_reasoning(
-            make_reasoning_examples(tasks, n, split, seed, terse_fraction=terse_fraction), stage,
-            fmt or "conversational"))
-        for split, n in (("train", train_size), ("test", test_size))
-    })
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -406,110 +399,36 @@ def is_grounded(question, completion) -> bool:
 
 def is_verified(question, completion, answer) -> bool:
     """Right `####` answer, reached by grounded steps that all hold (see `check_solution`, `is_grounded`)."""
-    return is_correct(completion, answer) and check_solution(completion).well_formed and \
+    return final_answer_is(completion, answer) and check_solution(completion).well_formed and \
         is_grounded(question, completion)
 
 
-def is_correct(completion, answer) -> bool:
+def final_answer_is(completion, answer) -> bool:
     """The completion's `####` answer equals `answer` (both normalized)."""
     predicted = final_answer(completion)
     return predicted is not None and predicted == normalize_answer(str(answer))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Measuring a model: greedy exact match and pass@k on held-out questions
+# Rewards denser than `is_verified`
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def generate(model, tokenizer, prompts, max_new_tokens: int = 96, batch_size: int = 64, num_samples: int = 1,
-             temperature: float = 0.0, seed: int = 0) -> list[list[str]]:
-    """`num_samples` completions per prompt (greedy when temperature is 0), chat-templated when prompts are
-    message lists."""
-    import torch
-
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list)
-             else p for p in prompts]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    out_texts = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample,
-                                     temperature=temperature if sample else None, top_k=0 if sample else None,
-                                     top_p=1.0 if sample else None, num_return_sequences=num_samples,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            out_texts += [decoded[i:i + num_samples] for i in range(0, len(decoded), num_samples)]
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out_texts
+def answer_digits(completion, answer) -> float:
+    """Share of digit positions, counted from the units, where the `####` answer matches the reference, over the
+    longer of the two: 525 for 525 → 1.0, 515 → 0.67, 5250 → 0 (every digit shifted). Dense partial credit for
+    column-by-column arithmetic, where one slip changes one digit. 0.0 without an answer line."""
+    predicted, target = final_answer(completion), normalize_answer(str(answer))
+    if not predicted:
+        return 0.0
+    return sum(p == t for p, t in zip(reversed(predicted), reversed(target))) / max(len(predicted), len(target))
 
 
-def evaluate_reasoning(model, tokenizer, rows, max_new_tokens: int = 96, k: int = 0, temperature: float = 1.0,
-                       batch_size: int = 64) -> dict:
-    """Greedy exact match and well-formed share on `rows` ({prompt, answer}); with `k`, also pass@1 and pass@k of
-    `k` samples at `temperature` (the headroom RL can turn into greedy accuracy)."""
-    prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
-    greedy = [c[0] for c in generate(model, tokenizer, prompts, max_new_tokens, batch_size)]
-    result = {"exact_match": sum(map(is_correct, greedy, answers)) / len(rows),
-              "well_formed": sum(check_solution(c).well_formed for c in greedy) / len(rows), "n": len(rows)}
-    if k:
-        samples = generate(model, tokenizer, prompts, max_new_tokens, max(batch_size // k, 1), k, temperature)
-        hits = [[is_correct(c, a) for c in group] for group, a in zip(samples, answers)]
-        result[f"pass@1_t{temperature:g}"] = sum(map(sum, hits)) / (k * len(rows))
-        result[f"pass@{k}_t{temperature:g}"] = sum(map(any, hits)) / len(rows)
-    return {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# python -m openllm.data.reasoning
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m openllm.data.reasoning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    write = sub.add_parser("write", help="write the reasoning tasks as JSONL, one folder per stage format")
-    write.add_argument("--output-dir", required=True)
-    write.add_argument("--train-size", type=int, default=2000)
-    write.add_argument("--test-size", type=int, default=200)
-    write.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    score = sub.add_parser("eval", help="greedy exact match (and pass@k) of a model on held-out questions")
-    score.add_argument("model")
-    score.add_argument("--task", default=MIX, choices=(MIX, *TASKS))
-    score.add_argument("--n", type=int, default=200)
-    score.add_argument("--k", type=int, default=0, help="also sample k completions per question for pass@k")
-    score.add_argument("--temperature", type=float, default=1.0)
-    score.add_argument("--max-new-tokens", type=int, default=96)
-    args = parser.parse_args(argv)
-    if args.command == "write":
-        from .. import atomic
-
-        for stage, folder in (("sft", "sft"), ("dpo", "preference"), ("rlhf", "prompts")):
-            for split, n in (("train", args.train_size), ("test", args.test_size)):
-                rows = format_reasoning(make_reasoning_examples(args.tasks, n, split), stage)
-                atomic.write_text(Path(args.output_dir) / folder / f"{split}.jsonl",
-                                  "".join(json.dumps(row) + "\n" for row in rows))
-            print(f"{folder:<10} {Path(args.output_dir) / folder}/{{train,test}}.jsonl")
-        return
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import openllm.models  # noqa: F401
-
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    tasks = TASKS if args.task == MIX else (args.task,)
-    rows = format_reasoning(make_reasoning_examples(tasks, args.n, "test"), "rlhf")
-    print(json.dumps(evaluate_reasoning(model, tokenizer, rows, args.max_new_tokens, args.k, args.temperature)))
-
-
-if __name__ == "__main__":
-    main()
+def format_score(completion) -> float:
+    """How well a worked solution is laid out, whatever its answer: 0.5 × the share of step lines whose arithmetic
+    holds (carries included), 0.25 for one `#### <answer>` line at the end, 0.25 when that answer is what the steps
+    computed. 0.0 for a bare answer with no steps; 1.0 for a solution with no slip."""
+    check = check_solution(completion)
+    one_answer_line = check.answer_lines == 1 and check.answer is not None and not any(
+        "not the last line" in p for p in check.problems)
+    return 0.5 * check.step_score + 0.25 * one_answer_line + 0.25 * (check.follows and check.steps > 0)

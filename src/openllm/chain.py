@@ -22,7 +22,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import atomic
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from . import atomic
+from .evaluation.answers import evaluate_reasoning
+from .serving.process import ServerDidNotStart, running_server
+from .tasks import reasoning
+from .training.arguments import PretrainConfig
+from .training.run import read_summary
 
 REPORT = "outputs/chain/chain_report.json"
 
@@ -55,8 +63,6 @@ def add_arguments(parser):
 
 
 def read_yaml(path) -> dict:
-    import yaml
-
     with open(path) as f:
         return yaml.safe_load(f)
 
@@ -88,8 +94,6 @@ def resolved(key: str, value, config: dict):
     """A YAML value as the run records it: a WSD decay given as a fraction of the run is recorded in steps."""
     if key != "lr_scheduler_kwargs" or config.get("lr_scheduler_type") != "warmup_stable_decay":
         return value
-    from .arguments import PretrainConfig
-
     names = ("max_steps", "warmup_steps", "lr_scheduler_type")
     return PretrainConfig(output_dir="unused", lr_scheduler_kwargs=value,
                           **{k: config[k] for k in names if k in config}).lr_scheduler_kwargs
@@ -129,18 +133,12 @@ def run_stage(stage: Stage, config_path: Path, heartbeat) -> float:
 
 def evaluate_models(folders: dict, n: int) -> dict:
     """Held-out exact match (greedy, `#### answer`) of every model on every reasoning task."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import openllm.models  # noqa: F401
-
-    from ..data.reasoning import TASKS, evaluate_reasoning, format_reasoning, make_reasoning_examples
-
-    rows = {task: format_reasoning(make_reasoning_examples((task,), n, "test"), "rlhf") for task in TASKS}
+    rows = {task.name: task.format(task.examples("test", n), "rlhf") for task in reasoning.TASKS}
     results = {}
     for name, folder in folders.items():
         model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-        results[name] = {task: evaluate_reasoning(model, tokenizer, rows[task], max_new_tokens=64)
-                         for task in TASKS}
+        results[name] = {task.name: evaluate_reasoning(model, tokenizer, task, rows[task.name], max_new_tokens=64)
+                         for task in reasoning.TASKS}
         print(f"  {name:<9} " + "  ".join(f"{task} {r['exact_match']:.0%}" for task, r in results[name].items()),
               flush=True)
     return results
@@ -148,10 +146,8 @@ def evaluate_models(folders: dict, n: int) -> dict:
 
 def ask_served_model(folder: str, timeout_s: float = 180) -> dict:
     """Start `openllm serve FOLDER`, ask it one held-out question over the OpenAI chat API, stop it."""
-    from ..data.reasoning import is_correct, is_verified, make_reasoning_examples
-    from ..serving.process import ServerDidNotStart, running_server
-
-    example = make_reasoning_examples(("word-problems",), 1, "test")[0]
+    task = reasoning.WORD_PROBLEMS
+    example = task.examples("test", 1)[0]
     body = {"model": folder, "messages": [{"role": "user", "content": example["prompt"]}], "max_tokens": 64,
             "temperature": 0}
     try:
@@ -163,8 +159,8 @@ def ask_served_model(folder: str, timeout_s: float = 180) -> dict:
     except ServerDidNotStart as error:
         raise SystemExit(f"openllm chain: {error}") from None
     return {"endpoint": "/v1/chat/completions", "question": example["prompt"], "expected": example["answer"],
-            "completion": answer, "correct": is_correct(answer, example["answer"]),
-            "verified": is_verified(example["prompt"], answer, example["answer"])}
+            "completion": answer, "correct": task.evaluate(example, answer),
+            "verified": reasoning.is_verified(example["prompt"], answer, example["answer"])}
 
 
 def _number(value, stage):
@@ -227,8 +223,6 @@ def run(args):
             raise FileNotFoundError(f"{recipes / stage.config} not found: run from the repository root or pass "
                                     f"--recipes")
     configs = {stage.name: read_yaml(recipes / stage.config) for stage in STAGES}
-    from .run import read_summary
-
     summaries = {s.name: read_summary(configs[s.name]["output_dir"]) for s in STAGES}
     if all(summaries.values()) and previous.get("complete"):
         print(markdown_table(previous) + "\n")

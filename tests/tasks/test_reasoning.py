@@ -6,18 +6,24 @@ import re
 import pytest
 from helpers.recipes import write_jsonl
 
-from openllm.data.post_training import check_dataset, is_correct, load_post_dataset
-from openllm.data.reasoning import (
-    TASKS,
+from openllm.data.post_training import check_dataset
+from openllm.tasks import load_post_dataset
+from openllm.tasks.reasoning import (
+    ADDITION_COT,
+    NAMES,
+    WORD_PROBLEMS,
     addition_solution,
     check_solution,
     final_answer,
+    final_answer_is,
     from_question_answer,
     is_grounded,
     is_verified,
     make_reasoning_examples,
     word_problem_solution,
 )
+
+TASKS = NAMES
 
 GSM8K_ROWS = [
     {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
@@ -52,7 +58,7 @@ def test_every_task_solution_is_right_and_every_rejected_one_wrong():
         a, b = _numbers(ex["prompt"])[:2]
         if ex["task"] == "addition-cot":
             assert ex["answer"] == str(a + b)
-        assert check_solution(ex["solution"]).well_formed and is_correct(ex["solution"], ex["answer"])
+        assert check_solution(ex["solution"]).well_formed and final_answer_is(ex["solution"], ex["answer"])
         wrong = check_solution(ex["wrong_solution"])
         # one slip, carried through: exactly one inconsistent step and a wrong final answer
         assert wrong.steps - wrong.consistent == 1 and wrong.answer != ex["answer"]
@@ -67,7 +73,7 @@ def test_verified_means_right_answer_by_checked_steps_on_the_questions_numbers()
     own_numbers = "10 + 3 = 13\n#### 13"                    # tidy arithmetic on numbers the question never states
     slip = "12 + 5 = 17\n17 - 4 = 12\n#### 13"              # a step that does not hold
     for completion in (guess, own_numbers, slip):
-        assert is_correct(completion, "13") and not is_verified(question, completion, "13")
+        assert final_answer_is(completion, "13") and not is_verified(question, completion, "13")
     assert not is_grounded(question, own_numbers)
     addition = "What is 57 + 68?"
     assert is_verified(addition, addition_solution(57, 68), "125")
@@ -143,13 +149,15 @@ def test_registered_as_synthetic_datasets_for_every_stage(name, tasks):
         assert set(dataset["train"]["task"]) == tasks and len(dataset["test"]) == 200
         row = dataset["test"][0]
         if stage == "sft":
-            assert is_correct(row["messages"][-1]["content"], row["answer"])
+            assert final_answer_is(row["messages"][-1]["content"], row["answer"])
         elif stage != "rlhf":
-            assert is_correct(row["chosen"], row["answer"]) and not is_correct(row["rejected"], row["answer"])
+            assert final_answer_is(row["chosen"], row["answer"])
+            assert not final_answer_is(row["rejected"], row["answer"])
 
 
 def test_unknown_synthetic_name_lists_the_reasoning_tasks():
-    with pytest.raises(ValueError, match="openllm:reasoning, openllm:addition-cot, openllm:word-problems"):
+    with pytest.raises(ValueError, match="Unknown task 'openllm:addition-cots'. Choose from: .*openllm:reasoning, "
+                                         "openllm:addition-cot, openllm:word-problems"):
         load_post_dataset("openllm:addition-cots", "sft")
 
 
@@ -178,3 +186,35 @@ def test_gsm8k_style_jsonl_goes_through_the_same_loader(tmp_path, stage, data_fo
         assert dataset["train"][0]["messages"][1]["content"].endswith("in April and May.\n#### 72")
     standard = load_post_dataset(str(tmp_path / "gsm8k" / "train.jsonl"), stage, config="standard", test_size=0.5)
     assert isinstance(standard["train"][0]["prompt" if stage != "sft" else "completion"], str)
+
+
+def test_same_seed_same_examples_as_ever():
+    """Pinned: the chain's held-out questions (and so its numbers) must not move."""
+    assert ADDITION_COT.examples("test", 2) == [
+        {"task": "addition-cot", "prompt": "What is 45 + 49?",
+         "solution": "5 + 9 + 0 = 14, write 4 carry 1\n4 + 4 + 1 = 9, write 9 carry 0\n#### 94", "answer": "94",
+         "wrong_solution": "5 + 9 + 0 = 14, write 4 carry 0\n4 + 4 + 0 = 8, write 8 carry 0\n#### 84"},
+        {"task": "addition-cot", "prompt": "What is 88 + 81?",
+         "solution": "8 + 1 + 0 = 9, write 9 carry 0\n8 + 8 + 0 = 16, write 6 carry 1\n#### 169", "answer": "169",
+         "wrong_solution": "8 + 1 + 0 = 9, write 9 carry 0\n8 + 8 + 0 = 16, write 6 carry 0\n#### 69"}]
+    assert WORD_PROBLEMS.examples("test", 1) == [
+        {"task": "word-problems",
+         "prompt": "Gus has 14 apples, gets 5 more and gives away 17. How many apples does Gus have now?",
+         "solution": "14 + 5 = 19\n19 - 17 = 2\n#### 2", "answer": "2",
+         "wrong_solution": "14 + 5 = 19\n19 - 17 = 0\n#### 0"}]
+    terse = make_reasoning_examples(n=3, terse_fraction=0.5)
+    assert [e["prompt"] for e in terse] == ["What is 77 + 54?", "Leo shares 8 books equally among 2 friends. One "
+                                            "friend then finds 6 more. How many books does that friend have?",
+                                            "What is 56 + 94?"]
+    assert (terse[1]["solution"], terse[1]["wrong_solution"]) == ("#### 10", "#### 9")
+
+
+def test_a_task_evaluates_the_answer_line_and_rewards_only_verified_solutions():
+    example = WORD_PROBLEMS.examples("test", 1)[0]
+    guess = "#### 2"                                           # right answer, no work
+    chat = [{"role": "assistant", "content": example["solution"]}]
+    assert [WORD_PROBLEMS.evaluate(example, c) for c in (example["solution"], chat, guess, "2")] == [
+        True, True, True, False]                               # a bare answer has no `####` line
+    assert not WORD_PROBLEMS.evaluate(example, example["wrong_solution"])
+    assert [WORD_PROBLEMS.reward(example, c) for c in (example["solution"], guess, example["wrong_solution"])] == [
+        1.0, 0.0, 0.0]
