@@ -304,25 +304,22 @@ def data_identity(*, datasets, tokenizer, length: int) -> dict:
 
 
 def check_resume(checkpoint, saved: Optional[dict], now: dict, training_args) -> None:
-    """Refuse to resume from `checkpoint` when the data it was trained on would differ from what this run feeds: a
-    resumed run skips the samples already seen, so a new global batch, length, data source or tokenizer would
-    silently train on other data than the uninterrupted run. The number of processes may change: with the same global
-    batch each optimizer step sees the same samples."""
+    """Refuse to resume from `checkpoint` unless this run continues it exactly: a resumed run skips the samples
+    already seen by position, and restores each process's random state from its own file, so a new number of
+    processes, global batch, length, data source or tokenizer would silently train on other data, or in another
+    order, than the uninterrupted run."""
     if not saved or training_args.ignore_data_skip:
         return
-    changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if k != "world_size" and saved[k] != now[k]}
+    changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if saved[k] != now[k]}
     if not changed:
-        if saved.get("world_size") != now["world_size"]:
-            logger.info("Resuming a run of %s process(es) on %s, with the same global batch of %s: every step sees "
-                        "the same samples.", saved.get("world_size"), now["world_size"], now["global_batch_size"])
         return
     lines = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
     raise ValueError(
-        f"Cannot resume {checkpoint} exactly: {lines} (checkpoint → this run). The resumed run would skip the samples "
-        "already seen by position, so it would train on other data than the run that wrote the checkpoint. Go back "
-        "to the checkpoint's settings (with another number of processes, keep per_device_train_batch_size × "
-        "gradient_accumulation_steps × processes the same), or pass --ignore_data_skip true to continue from its "
-        "weights with the data read from the start, or choose a new --output_dir to train afresh.")
+        f"Cannot resume {checkpoint} exactly: {lines} (checkpoint → this run). A resumed run skips the samples "
+        "already seen by position, so it would train on other data than the run that wrote the checkpoint. Run with "
+        "the checkpoint's settings (the same number of processes, per_device_train_batch_size and "
+        "gradient_accumulation_steps), or pass --ignore_data_skip true to continue from its weights with the data "
+        "read from the start, or choose a new --output_dir to train afresh.")
 
 
 def initial_metrics(trainer, checkpoint, measure: Callable[[], dict]) -> dict:
@@ -386,6 +383,7 @@ class RunTrainerMixin:
                 self.run_state[key] = self._resumed_state[key]
         if resume_from_checkpoint and self._is_last_step(resume_from_checkpoint):
             return self._finish_from_checkpoint(resume_from_checkpoint)
+        self._unmark_evaluation_prepare()
         eval_on_start = self.args.eval_on_start
         self.args.eval_on_start = eval_on_start and not resume_from_checkpoint  # it is in the resumed history
         try:
@@ -396,6 +394,15 @@ class RunTrainerMixin:
             self.args.eval_on_start = eval_on_start
         output.metrics["train_runtime"] = self.run_state["train_runtime"] + output.metrics.get("train_runtime", 0.0)
         return output
+
+    def _unmark_evaluation_prepare(self):
+        """`evaluate()` before `train()` (the metrics measured before training) prepares the model for evaluation,
+        which accelerate marks as prepared without wrapping it in DDP; `train()` then takes the mark at its word and
+        trains every rank without gradient synchronisation. Clear the mark so that training wraps the model."""
+        model = self.model
+        if self.args.world_size > 1 and self.model_wrapped is model and getattr(model, "_is_accelerate_prepared", 0):
+            del model._is_accelerate_prepared
+            self.accelerator._models[:] = [m for m in self.accelerator._models if m is not model]
 
     def _is_last_step(self, checkpoint) -> bool:
         state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
