@@ -71,6 +71,9 @@ test: install install-browser
 # the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
 test-compat: install-compat
 	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export tests/data/test_tokenizer_portable.py tests/test_cli.py \
+		tests/training/test_recipe_configs.py tests/training/test_run_guards.py \
+		tests/training/test_reliability.py::test_pretraining_killed_anywhere_ends_as_the_uninterrupted_run \
+		tests/training/test_reliability.py::test_sft_killed_anywhere_ends_as_the_uninterrupted_run \
 		-m "not slow" -q -p no:cacheprovider
 
 slow_test: install

@@ -1,12 +1,22 @@
 """The `openllm` command: bad input ends with one line saying what to fix, and exit status 2."""
 
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from openllm.resources import resolve_recipe
 from openllm_cli import main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["serve", "/no/such/model"], "Model folder '/no/such/model' does not exist"),
+    (["viz", "attention", "/no/such/model", "--prompt", "hi", "--out", "a.png"],
+     "Model folder '/no/such/model' does not exist"),
     (["generate", "./missing", "--prompt", "hi"], "Model folder './missing' does not exist"),
     (["tokenizer", "train", "--corpus", "/no/such.txt", "--output", "/tmp/unused"], "No file or folder matches"),
 ])
@@ -20,19 +30,14 @@ def test_bad_input_is_one_clear_line(argv, message, capsys, monkeypatch):
 def test_debug_variable_shows_the_exception(monkeypatch):
     monkeypatch.setenv("OPENLLM_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
-        main(["serve", "/no/such/model"])
+        main(["generate", "/no/such/model", "--prompt", "hi"])
 
 
 def test_help_lists_the_chain_in_order_without_importing_torch():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = Path(__file__).resolve().parents[1] / "src"
     code = ("import sys\nfrom openllm_cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+                         env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     chain = ["tokenizer", "pretrain", "sft", "reward", "dpo", "rlhf", "chain", "merge", "eval", "generate", "serve",
              "export", "convert", "presets"]
@@ -45,11 +50,6 @@ def test_help_lists_the_chain_in_order_without_importing_torch():
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "reward", "dpo", "rlhf"])
 def test_stage_command_parses_like_its_recipe(stage, monkeypatch):
     """`openllm STAGE --config ... --key value` hands `main` what `python recipes/STAGE.py ...` hands it."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from helpers.recipes import RECIPES, load_recipe
 
     config = RECIPES / ("pretrain_quickstart.yaml" if stage == "pretrain" else f"{stage}_debug.yaml")
@@ -65,42 +65,41 @@ def test_stage_command_parses_like_its_recipe(stage, monkeypatch):
     assert [a.learning_rate for a in got[0] if hasattr(a, "learning_rate")] == [0.123]
 
 
-def _python(code: str, cwd=None) -> "subprocess.CompletedProcess":
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src}
+def _python(code: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 def test_import_openllm_registers_the_auto_classes():
     out = _python("import openllm\nfrom transformers import AutoConfig, AutoModelForCausalLM\n"
-                  "config = AutoConfig.for_model('openllm', hidden_size=32, num_hidden_layers=1, num_attention_heads=2,"
-                  " num_key_value_heads=1, intermediate_size=64, vocab_size=50)\n"
+                  "config = AutoConfig.for_model('openllm', hidden_size=32, num_hidden_layers=1, "
+                  "num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, vocab_size=50)\n"
                   "print(type(config).__name__, type(AutoModelForCausalLM.from_config(config)).__name__)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["OpenLLMConfig", "OpenLLMForCausalLM"]
 
 
-def test_a_missing_extra_is_named_in_one_line(tmp_path):
-    """Without trl (absent in the transformers-4.57 environment; hidden here where it is installed), a training
-    command says which extra to install instead of a traceback."""
+@pytest.mark.parametrize("argv, module, line", [
+    (["sft", "--config", "sft_debug.yaml"], "trl", "openllm sft: needs trl, which is not installed: pip install "
+                                                   "'openllm-hf[train]'"),
+    (["serve", "MODEL"], "uvicorn", "openllm serve: needs uvicorn, which is not installed: pip install "
+                                    "'openllm-hf[serve]'"),
+    (["chain"], "trl", "openllm chain: needs trl, which is not installed: pip install 'openllm-hf[train]' (or "
+                       "'openllm-hf[train,serve]' for everything this command can do)"),
+])
+def test_a_missing_extra_is_named_in_one_line(argv, module, line, tmp_path):
+    """Without an optional dependency (the serve extra is absent in the transformers-4.57 environment; where one is
+    installed it is hidden here as if it were not), the command says which extra to install instead of a traceback."""
     code = ("import sys, importlib.util\n"
-            "if importlib.util.find_spec('trl'):\n    sys.modules['trl'] = None  # as if not installed\n"
+            f"if importlib.util.find_spec({module!r}):\n    sys.modules[{module!r}] = None  # as if not installed\n"
             "from openllm_cli import main\n"
-            "sys.exit(main(['sft', '--config', 'sft_debug.yaml']))")
+            f"sys.exit(main({argv!r}))")
     out = _python(code, cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
-        "openllm sft: needs trl, which is not installed: pip install 'openllm-hf[train]'"]
+    assert out.stderr.strip().splitlines() == [line]
 
 
 def test_config_names_a_shipped_recipe_from_any_folder(tmp_path, monkeypatch):
-    from openllm.resources import resolve_recipe
-
     monkeypatch.chdir(tmp_path)
     assert resolve_recipe("pretrain_quickstart.yaml").endswith("recipes/pretrain_quickstart.yaml")
     assert resolve_recipe("chain/sft").endswith("recipes/chain/sft.yaml")

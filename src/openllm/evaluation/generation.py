@@ -235,29 +235,25 @@ def run(args) -> int:
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed,
                     chat=args.chat, system=args.system)
-    try:
-        if args.abstain_below is not None:
-            check_threshold(args.abstain_below)
-        model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
-                                          trust_remote_code=args.trust_remote_code)
-        if args.abstain_below is not None or args.stop:
-            # the decision needs the whole completion, so nothing is streamed
-            result = generate_with_confidence(model, tokenizer, prompt, abstain_below=args.abstain_below,
-                                              stop=args.stop, **settings)
-            if result.finish_reason != ABSTAIN:
-                print(result.text if args.chat else prompt + result.text)
-            c = result.confidence
-            print(f"finish_reason: {result.finish_reason}; confidence {c.confidence:.4f} (mean token log-prob "
-                  f"{c.mean_logprob:.4f}, min {c.min_logprob:.4f}, mean entropy {c.mean_entropy:.4f} nats, "
-                  f"{c.tokens} tokens)" + (f"\n{result.message}" if result.message else ""), file=sys.stderr)
-            return 0
-        streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        if streamer is not None and not args.chat:
-            print(prompt, end="", flush=True)
-        completion = generate(model, tokenizer, prompt, streamer=streamer, **settings)
-    except (OSError, ValueError) as error:
-        print(f"openllm generate: error: {error}", file=sys.stderr)
-        return 2
+    if args.abstain_below is not None:
+        check_threshold(args.abstain_below)
+    model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
+                                      trust_remote_code=args.trust_remote_code)
+    if args.abstain_below is not None or args.stop:
+        # the decision needs the whole completion, so nothing is streamed
+        result = generate_with_confidence(model, tokenizer, prompt, abstain_below=args.abstain_below,
+                                          stop=args.stop, **settings)
+        if result.finish_reason != ABSTAIN:
+            print(result.text if args.chat else prompt + result.text)
+        c = result.confidence
+        print(f"finish_reason: {result.finish_reason}; confidence {c.confidence:.4f} (mean token log-prob "
+              f"{c.mean_logprob:.4f}, min {c.min_logprob:.4f}, mean entropy {c.mean_entropy:.4f} nats, "
+              f"{c.tokens} tokens)" + (f"\n{result.message}" if result.message else ""), file=sys.stderr)
+        return 0
+    streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if streamer is not None and not args.chat:
+        print(prompt, end="", flush=True)
+    completion = generate(model, tokenizer, prompt, streamer=streamer, **settings)
     if streamer is None:
         print(completion if args.chat else prompt + completion)
     return 0
