@@ -93,8 +93,9 @@ style: install
 	$(BIN)/ruff format src tests recipes benchmarks
 	$(BIN)/ruff check --fix src tests recipes benchmarks
 
-quality: install  # lint, and every declared dependency is used
+quality: install  # lint, the package's import layers (pyproject's [tool.importlinter]), every dependency used
 	$(BIN)/ruff check src tests recipes benchmarks notebooks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests/test_dependencies.py -q
 
 clean:

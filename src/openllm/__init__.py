@@ -4,9 +4,7 @@ Importing the package registers `OpenLLMConfig`, `OpenLLMModel`, `OpenLLMForCaus
 `OpenLLMForSequenceClassification` with transformers' Auto classes (model type `openllm`).
 """
 
-__version__ = "0.1.0"
-
-from .models import (  # noqa: E402  (the version is set first: modules below read it)
+from .models import (
     PRESETS,
     OpenLLMConfig,
     OpenLLMForCausalLM,
@@ -14,6 +12,7 @@ from .models import (  # noqa: E402  (the version is set first: modules below re
     OpenLLMModel,
     get_preset_config,
 )
+from .versions import __version__
 
 __all__ = ["__version__", "PRESETS", "OpenLLMConfig", "OpenLLMModel", "OpenLLMForCausalLM",
            "OpenLLMForSequenceClassification", "get_preset_config"]

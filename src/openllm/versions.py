@@ -3,8 +3,7 @@ cards, so a number can be traced to the code that made it."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import __version__
-
+__version__ = "0.1.0"  # the package's one version number (pyproject.toml reads it from here)
 FRAMEWORKS = ("openllm-hf", "transformers", "torch", "tokenizers", "datasets", "accelerate", "peft", "trl")
 
 

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .. import __version__
+from ..versions import __version__
 from .api import (
     APIError,
     ClientDisconnected,
