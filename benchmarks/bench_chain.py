@@ -29,7 +29,7 @@ def run_chain() -> Path:
 def main(write_readme: bool = False, report: str | None = None):
     from readme import machine_description, write_section
 
-    from openllm.training.chain import markdown_table
+    from openllm.chain import markdown_table
 
     path = Path(report) if report else run_chain()
     result = json.loads(path.read_text())

@@ -20,6 +20,8 @@ import sys
 # YAML, then --key value overrides) and `main(*parsed)`.
 COMMANDS = {
     "tokenizer": ("openllm.data.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)", None),
+    "tasks": ("openllm.evaluation.checkable", "the checkable tasks: list them, write them as JSONL, score a model",
+              None),
     "pretrain": ("openllm.training.pretrain", "pretrain a model, dense or MoE (--config recipes/pretrain_*.yaml)",
                  "train"),
     "sft": ("openllm.training.sft", "supervised fine-tuning, full or LoRA (--config recipes/sft_*.yaml)", "train"),

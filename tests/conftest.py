@@ -44,3 +44,13 @@ def task_tokenizer():
     from openllm.tasks import make_example_tokenizer
 
     return make_example_tokenizer()
+
+
+# an untrained `tiny` OpenLLM model with the task tokenizer: the start of the post-training recipes' tests
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, task_tokenizer):
+    from openllm.training.posttrain import init_base
+
+    folder = tmp_path_factory.mktemp("tiny-base")
+    init_base(folder, "tiny", tokenizer=task_tokenizer)
+    return folder

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from . import atomic
 from .evaluation.answers import evaluate_reasoning
+from .models.loading import load_causal_lm
+from .resources import shipped
 from .serving.process import ServerDidNotStart, running_server
 from .tasks import reasoning
 from .training.arguments import PretrainConfig
@@ -56,7 +57,8 @@ STAGES = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--recipes", default="recipes", help="folder with pretrain_quickstart.yaml and chain/*.yaml")
+    parser.add_argument("--recipes", default=str(shipped("recipes")),
+                        help="folder with pretrain_quickstart.yaml and chain/*.yaml (default: the shipped recipes)")
     parser.add_argument("--report", default=REPORT, help="where chain_report.json goes")
     parser.add_argument("--eval-questions", type=int, default=100, help="held-out questions per task and model")
     parser.add_argument("--no-serve", action="store_true", help="skip the request to the served final model")
@@ -136,7 +138,7 @@ def evaluate_models(folders: dict, n: int) -> dict:
     rows = {task.name: task.format(task.examples("test", n), "rlhf") for task in reasoning.TASKS}
     results = {}
     for name, folder in folders.items():
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+        model, tokenizer = load_causal_lm(folder, device="cpu")
         results[name] = {task.name: evaluate_reasoning(model, tokenizer, task, rows[task.name], max_new_tokens=64)
                          for task in reasoning.TASKS}
         print(f"  {name:<9} " + "  ".join(f"{task} {r['exact_match']:.0%}" for task, r in results[name].items()),
@@ -220,8 +222,8 @@ def run(args):
     previous_rows = {row["stage"]: row for row in previous.get("stages", [])}
     for stage in STAGES:
         if not (recipes / stage.config).is_file():
-            raise FileNotFoundError(f"{recipes / stage.config} not found: run from the repository root or pass "
-                                    f"--recipes")
+            raise FileNotFoundError(f"{recipes / stage.config} not found: pass --recipes with a folder that "
+                                    f"holds pretrain_quickstart.yaml and chain/*.yaml")
     configs = {stage.name: read_yaml(recipes / stage.config) for stage in STAGES}
     summaries = {s.name: read_summary(configs[s.name]["output_dir"]) for s in STAGES}
     if all(summaries.values()) and previous.get("complete"):

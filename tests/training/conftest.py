@@ -7,15 +7,6 @@ def tokenizer(task_tokenizer):
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory, task_tokenizer):
-    from openllm.training.posttrain import init_base
-
-    folder = tmp_path_factory.mktemp("tiny-base")
-    init_base(folder, "tiny", tokenizer=task_tokenizer)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def tiny_moe_base(tmp_path_factory, task_tokenizer):
     from openllm.training.posttrain import init_base
 
