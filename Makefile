@@ -6,7 +6,7 @@
 #   make test         the test suite (fast, CPU)
 #   make test-compat  model, export, CLI and kill-and-resume training tests on transformers 4.57, with ONNX
 #   make bench        benchmarks; writes tables into README.md
-#   make notebooks    rewrite notebooks/*.ipynb from notebooks/build_notebooks.py, then run each one
+#   make notebooks    write notebooks/*.ipynb from their jupytext sources (notebooks/*.py), then run each one
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -86,7 +86,7 @@ bench: install
 	else echo "ONNX benchmark skipped: run make install-compat first"; fi
 
 notebooks: install
-	$(BIN)/python notebooks/build_notebooks.py
+	$(BIN)/jupytext --update --to ipynb notebooks/[0-9]_*.py
 	$(BIN)/python -m pytest tests/notebooks -q
 
 style: install
