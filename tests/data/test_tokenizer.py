@@ -3,9 +3,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from openllm_cli import main as cli_main
 from openllm.data.corpus import python_docs_corpus
 from openllm.data.tokenizer import ALL_SPECIAL_TOKENS, train_tokenizer
+from openllm_cli import main as cli_main
 
 SAMPLES = [
     "Hello, world!",

@@ -15,8 +15,8 @@ from transformers import (
 )
 
 from openllm import OpenLLMForCausalLM, get_preset_config
-from openllm_cli import main as cli_main
 from openllm.export.convert import convert_checkpoint, from_llama, from_mixtral, openllm_config, to_llama, to_mixtral
+from openllm_cli import main as cli_main
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 32}

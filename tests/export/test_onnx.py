@@ -7,8 +7,8 @@ import transformers
 from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openllm_cli import main as cli_main
 from openllm.export import check_onnx_environment, export_onnx, load_onnx_model
+from openllm_cli import main as cli_main
 
 PROMPTS = ["The quick brown fox", "Numbers like 3.14159, 2718 and"]
 NEW_TOKENS = 24

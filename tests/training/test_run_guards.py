@@ -4,7 +4,6 @@ it trained on. And what it continues exactly: a 2-rank run killed and resumed on
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
