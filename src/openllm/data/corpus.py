@@ -19,16 +19,18 @@ import ast
 import glob
 import hashlib
 import logging
+import math
 import os
 import re
 import sysconfig
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    import datasets
+import datasets
+import numpy as np
+from datasets.fingerprint import Hasher
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,6 @@ def _expand_files(source: str) -> list[str]:
 
 
 def _load_local(source: str, text_column: str, sample_by: str):
-    import datasets
-
     if sample_by not in ("line", "paragraph", "document"):
         raise ValueError(f"sample_by must be 'line', 'paragraph' or 'document', got {sample_by!r}.")
     by_builder: dict[str, list[str]] = {}
@@ -113,8 +113,6 @@ def _load_local(source: str, text_column: str, sample_by: str):
 
 
 def _load_hub(source: str, text_column: str, config_name: Optional[str], splits: Optional[list[str]]):
-    import datasets
-
     try:
         dsd = datasets.load_dataset(source, config_name)
     except Exception as e:  # offline, unknown id, gated: all end here, so say what to do instead
@@ -138,8 +136,6 @@ def _select_text_column(ds, column: str, where: str):
     if dtype not in TEXT_DTYPES:
         text_columns = [c for c in ds.column_names if getattr(ds.features[c], "dtype", None) in TEXT_DTYPES]
         raise ValueError(f"Column {column!r} in {where} holds {dtype}, not text. Text columns: {text_columns}.")
-    import datasets
-
     ds = ds.select_columns([column])
     ds = ds.rename_column(column, "text") if column != "text" else ds
     return ds.cast_column("text", datasets.Value("string")) if dtype != "string" else ds
@@ -153,8 +149,6 @@ def python_docs_corpus(packages: Optional[list[str]] = None) -> "datasets.Datase
     (`json.JSONEncoder.encode`). The result depends only on the Python version. `packages` restricts it to some
     top-level modules or packages (e.g. `["json", "email"]`).
     """
-    import datasets
-
     root = sysconfig.get_paths()["stdlib"]
     return datasets.Dataset.from_generator(_python_docstrings, gen_kwargs={"root": root, "packages": packages},
                                            features=datasets.Features({"text": datasets.Value("string")}))
@@ -215,8 +209,6 @@ def load_corpus(source: str, text_column: str = "text", *, config_name: Optional
     occurrence). The validation split is the `eval_fraction` of documents with the smallest SHA-1 (at least one),
     so it is the same for any order of the input files and any `num_proc`.
     """
-    import numpy as np
-
     if not 0 <= eval_fraction < 1:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
     ds = load_documents(source, text_column, config_name=config_name, splits=splits, sample_by=sample_by)
@@ -282,8 +274,6 @@ def _pack_batch(batch, block_size):
 
 def tokenize_documents(ds, tokenizer, num_proc: Optional[int] = None):
     """`input_ids` (the document's tokens followed by EOS) and `num_bytes` (UTF-8 bytes of its text) per document."""
-    from datasets.fingerprint import Hasher
-
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no EOS token, which separates documents when packing.")
     # The fingerprint names the tokenizer by its serialised content, so the cache is reused exactly when it matches.
@@ -338,8 +328,6 @@ def pack_corpus(corpus: Corpus, tokenizer, block_size: int, num_proc: Optional[i
 
 def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
     """Bits per UTF-8 byte from a mean loss in nats per token: comparable across tokenizers."""
-    import math
-
     return loss / math.log(2) * tokens_per_byte
 
 

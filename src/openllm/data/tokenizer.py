@@ -19,6 +19,11 @@ import logging
 import os
 from typing import Iterable, Optional
 
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .corpus import load_corpus
+
 logger = logging.getLogger(__name__)
 
 TOKENIZER_TYPES = ("bpe", "unigram", "char")
@@ -46,8 +51,6 @@ CHAT_TEMPLATE = (
 
 def build_tokenizer(tokenizer_type: str = "bpe"):
     """An untrained `tokenizers.Tokenizer` of the given kind, with its trainer factory."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     if tokenizer_type == "bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -103,8 +106,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 32000, tokenizer_typ
 
 def wrap_tokenizer(tok, model_max_length: Optional[int] = None):
     """A `tokenizers.Tokenizer` as a `PreTrainedTokenizerFast` with OpenLLM's special tokens and chat template."""
-    from transformers import PreTrainedTokenizerFast
-
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, additional_special_tokens=ROLE_TOKENS,
                                    chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
@@ -180,8 +181,6 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from .corpus import load_corpus
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus = load_corpus(args.corpus, args.text_column, config_name=args.dataset_config,
                          eval_fraction=args.eval_fraction, max_documents=args.max_documents, num_proc=args.num_proc)

@@ -177,7 +177,7 @@ def plot_calibration(report: dict, path) -> Path:
     import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: the train extra
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for column, key, t in ((0, "before", 1.0), (1, "after", report["temperature"])):

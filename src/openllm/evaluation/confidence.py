@@ -110,7 +110,7 @@ def plot_risk_coverage(curve: dict, path, title: str = "Risk-coverage of answers
     import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: the train extra
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(curve["coverage"], curve["risk"], label=f"model confidence (AURC {curve['aurc']:.3f})")

@@ -78,7 +78,7 @@ def plot_reliability_diagram(bins: list[dict], path, title: str = "Next-token ca
     import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: the train extra
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     draw_reliability(top, bottom, bins, title)

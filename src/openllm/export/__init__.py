@@ -6,6 +6,7 @@
     openllm export mixtral MODEL OUT                     # MoE models, as MixtralForCausalLM
 """
 
+from .convert import convert_checkpoint  # the Llama/Mixtral mapping lives with `openllm convert`
 from .gguf import export_gguf
 from .onnx import check_onnx_environment, export_onnx, load_onnx_model, quantize_onnx
 
@@ -53,8 +54,6 @@ def run(args):
         out = export_gguf(args.model, args.output, dtype=args.dtype)
         print(f"Wrote {out} ({out.stat().st_size / 2**20:.1f} MiB). Run it with: llama-cli -m {out}")
     else:
-        from .convert import convert_checkpoint  # the Llama/Mixtral mapping lives with `openllm convert`
-
         convert_checkpoint(args.model, args.output, to=args.format)
         print(f"Wrote a {args.format} checkpoint to {args.output}.")
     return 0

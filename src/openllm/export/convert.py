@@ -9,11 +9,24 @@ and 4.57 as one module per expert (`block_sparse_moe.experts.{e}.w1/w2/w3`). Log
 """
 
 import copy
+import json
 import shutil
 from pathlib import Path
 
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+)
+
 from .. import atomic
 from ..hub.paths import check_output_folder
+from ..models import OpenLLMConfig, OpenLLMForCausalLM
+from ..models.configuration_openllm import ROPE_TYPES
 
 TARGETS = ("llama", "mixtral", "openllm")
 TOKENIZER_FILES = (
@@ -54,8 +67,6 @@ def _rope_kwargs(config) -> dict:
 def _read_rope(config) -> tuple[float, dict]:
     """(rope_theta, rope_parameters) of a Llama/Mixtral config: 5.x keeps both in `rope_parameters`, 4.57 has
     `rope_theta` and `rope_scaling`."""
-    from ..models.configuration_openllm import ROPE_TYPES
-
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     theta = rope.pop("rope_theta", None) or getattr(config, "rope_theta", None) or 10000.0
     rope_type = rope.pop("type", None) or rope.get("rope_type", "default")
@@ -78,8 +89,6 @@ def check_no_temperature(config, target: str) -> None:
 
 def llama_config(config):
     """`LlamaConfig` equivalent to a dense `OpenLLMConfig`."""
-    from transformers import LlamaConfig
-
     check_no_temperature(config, "Llama")
     if config.num_experts:
         raise ValueError(f"This is a Mixture-of-Experts model ({config.num_experts} experts); Llama is dense. "
@@ -94,8 +103,6 @@ def llama_config(config):
 
 def mixtral_config(config):
     """`MixtralConfig` equivalent to an MoE `OpenLLMConfig` whose every layer is an MoE layer."""
-    from transformers import MixtralConfig
-
     check_no_temperature(config, "Mixtral")
     if not config.num_experts:
         raise ValueError("This is a dense model (num_experts=0); Mixtral is a Mixture-of-Experts architecture. "
@@ -124,8 +131,6 @@ def mixtral_config(config):
 
 def openllm_config(config):
     """`OpenLLMConfig` equivalent to a `LlamaConfig` or `MixtralConfig`."""
-    from ..models import OpenLLMConfig
-
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise ValueError("This Llama model has bias terms (attention_bias/mlp_bias); OpenLLM layers have none.")
     if getattr(config, "sliding_window", None) is not None:
@@ -199,8 +204,6 @@ def _unfuse_experts(state_dict) -> dict:
 
 def _fuse_experts(state_dict, num_experts: int) -> dict:
     """The inverse of `_unfuse_experts`."""
-    import torch
-
     out = {}
     for key, value in state_dict.items():
         layer, sep, name = key.partition(".block_sparse_moe.")
@@ -217,22 +220,16 @@ def _fuse_experts(state_dict, num_experts: int) -> dict:
 
 def to_llama(model):
     """`LlamaForCausalLM` with the weights of a dense `OpenLLMForCausalLM`."""
-    from transformers import LlamaForCausalLM
-
     return _load(_build(LlamaForCausalLM, llama_config(model.config), model), model.state_dict())
 
 
 def from_llama(model):
     """`OpenLLMForCausalLM` with the weights of a `LlamaForCausalLM`."""
-    from ..models import OpenLLMForCausalLM
-
     return _load(_build(OpenLLMForCausalLM, openllm_config(model.config), model), model.state_dict())
 
 
 def to_mixtral(model):
     """`MixtralForCausalLM` with the weights of an MoE `OpenLLMForCausalLM` (every layer MoE, renormalised top-k)."""
-    from transformers import MixtralForCausalLM
-
     target = _build(MixtralForCausalLM, mixtral_config(model.config), model)
     state_dict = model.state_dict()
     if _per_expert_layout(target.state_dict()):
@@ -242,8 +239,6 @@ def to_mixtral(model):
 
 def from_mixtral(model):
     """`OpenLLMForCausalLM` with the weights of a `MixtralForCausalLM` (either expert layout)."""
-    from ..models import OpenLLMForCausalLM
-
     target = _build(OpenLLMForCausalLM, openllm_config(model.config), model)
     state_dict = model.state_dict()
     if _per_expert_layout(state_dict):
@@ -258,8 +253,6 @@ def from_mixtral(model):
 
 def max_logit_difference(a, b, seq_len: int = 32) -> float:
     """Largest |logit| difference between two models on one random sequence."""
-    import torch
-
     seq_len = min(seq_len, a.config.max_position_embeddings)
     input_ids = torch.randint(0, a.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -271,8 +264,6 @@ def max_logit_difference(a, b, seq_len: int = 32) -> float:
 def _portable_config(folder: Path) -> None:
     """transformers 5.x writes RoPE settings only as `rope_parameters`; add 4.57's `rope_theta`/`rope_scaling` so the
     checkpoint loads with the right frequencies there too (5.x reads `rope_parameters` first)."""
-    import json
-
     path = folder / "config.json"
     config = json.loads(path.read_text())
     rope = config.get("rope_parameters")
@@ -288,11 +279,6 @@ def convert_checkpoint(src, dst, to: str, verify: bool = True):
     """Convert the model folder `src` into a `to` ("llama", "mixtral" or "openllm") folder `dst`: weights in their
     stored dtype, the target's config and generation config, and the tokenizer files. With `verify`, runs both
     models on a random sequence and raises if their logits differ; returns the largest difference (None without)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .. import models  # noqa: F401  (registers OpenLLM with the Auto classes)
-
     src, dst = Path(src), Path(dst)
     if to not in TARGETS:
         raise ValueError(f"Unknown target {to!r}; choose one of {', '.join(TARGETS)}.")

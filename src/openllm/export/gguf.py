@@ -12,8 +12,15 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from .. import atomic
 from ..models.loading import check_model_path
+from ..models.modeling_openllm import rope_inverse_frequencies
+from .convert import check_no_temperature
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -31,16 +38,11 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
     Returns the path of the file written.
     """
     try:
-        import gguf
+        import gguf  # optional: the gguf extra
     except ImportError as e:
         raise ImportError("GGUF export needs the `gguf` package: pip install 'openllm-hf[gguf]'") from e
     if dtype not in DTYPES:
         raise ValueError(f"Unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import openllm.models  # noqa: F401  (registers OpenLLM with the Auto classes)
-
     check_model_path(str(model_path))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     config = model.config
@@ -71,8 +73,6 @@ def _check_llama_compatible(config) -> None:
     if getattr(config, "model_type", None) != "openllm":
         raise ValueError(f"`openllm export gguf` converts OpenLLM models, not {config.model_type!r}. For other "
                          "architectures use llama.cpp's convert_hf_to_gguf.py.")
-    from .convert import check_no_temperature
-
     check_no_temperature(config, "GGUF (llama.cpp)")
     reasons = config.llama_incompatibilities()
     if reasons:
@@ -92,10 +92,6 @@ def _check_llama_compatible(config) -> None:
 
 
 def _add_hyperparameters(writer, config) -> None:
-    import torch
-
-    from ..models.modeling_openllm import rope_inverse_frequencies
-
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -120,7 +116,7 @@ def _add_hyperparameters(writer, config) -> None:
 
 
 def _add_vocabulary(writer, tokenizer, vocab_size: int, model_path) -> None:
-    import gguf
+    import gguf  # optional: the gguf extra
 
     state = json.loads(tokenizer.backend_tokenizer.to_str()) if tokenizer.is_fast else None
     if state is None or state["model"]["type"] != "BPE":
@@ -151,8 +147,6 @@ def _add_vocabulary(writer, tokenizer, vocab_size: int, model_path) -> None:
 
     folder = Path(model_path)
     if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
         folder = Path(snapshot_download(str(model_path), allow_patterns=["*.json", "*.jinja", "merges.txt"]))
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     # SpecialVocab takes add-BOS/EOS from tokenizer_config.json flags, which a fast tokenizer ignores, and writes
@@ -199,7 +193,7 @@ def _rotary_permute(weight, num_heads: int):
 
 def _llama_tensors(model):
     """(GGUF name, float32 tensor) for every weight, in llama.cpp's layout and naming."""
-    import gguf
+    import gguf  # optional: the gguf extra
 
     names, tensor = gguf.TENSOR_NAMES, gguf.MODEL_TENSOR
     config, base = model.config, model.model
@@ -232,8 +226,7 @@ def _llama_tensors(model):
 
 
 def _add_tensor(writer, name: str, tensor, dtype: str) -> None:
-    import gguf
-    import numpy as np
+    import gguf  # optional: the gguf extra
 
     data = tensor.detach().to("cpu").float().contiguous().numpy()
     # vectors (norms) and the router are small and precision-sensitive: llama.cpp's converter keeps them f32 too

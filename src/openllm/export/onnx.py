@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import shutil
 import types
 from pathlib import Path
+
+import torch
+import transformers
+from huggingface_hub import snapshot_download
 
 from .. import atomic, models
 from ..hub.paths import check_output_folder
@@ -32,8 +37,6 @@ def check_onnx_environment(transformers_version: str | None = None) -> None:
     `transformers_version` defaults to the installed version; pass another to check it.
     """
     if transformers_version is None:
-        import transformers
-
         transformers_version = transformers.__version__
     major_minor = tuple(int(part) for part in transformers_version.split(".")[:2])
     if major_minor >= MAX_TRANSFORMERS:
@@ -61,8 +64,6 @@ def _moe_block_forward(self, hidden_states):
     Eager mode loops only over the experts some token picked (a Python list the tracer would freeze) and counts
     tokens per expert with `bincount`; here every expert runs on the tokens routed to it, which may be none.
     """
-    import torch
-
     batch, seq, hidden = hidden_states.shape
     flat = hidden_states.reshape(-1, hidden)
     router_logits, top_k_weights, top_k_index = self.gate(flat)
@@ -77,6 +78,7 @@ def _moe_block_forward(self, hidden_states):
 
 
 def _onnx_config_class():
+    # optional: the onnx extra
     from optimum.exporters.onnx.config import TextDecoderWithPositionIdsOnnxConfig
     from optimum.exporters.onnx.model_patcher import ModelPatcher
     from optimum.utils import DummyTextInputGenerator, MistralDummyPastKeyValuesGenerator, NormalizedTextConfigWithGQA
@@ -109,7 +111,7 @@ def onnx_model_class():
 
     optimum reads those two only for model types it knows and otherwise assumes one KV head per query head.
     """
-    from optimum.onnxruntime import ORTModelForCausalLM
+    from optimum.onnxruntime import ORTModelForCausalLM  # optional: the onnx extra
 
     class OpenLLMORTModelForCausalLM(ORTModelForCausalLM):
         def __init__(self, *args, **kwargs):
@@ -156,7 +158,8 @@ def export_onnx(
     check_onnx_environment()
     if quantize not in (None, "int8"):
         raise ValueError(f"Unknown quantization {quantize!r}: the ONNX export supports only 'int8'.")
-    from optimum.exporters.onnx import main_export
+    from optimum.exporters.onnx import main_export  # optional: the onnx extra
+
     check_model_path(str(model_path))
     config = load_config(str(model_path), trust_remote_code=trust_remote_code)
     if config.model_type != "openllm":
@@ -195,8 +198,6 @@ def _code_folder(model_path) -> Path:
     source = Path(model_path)
     if source.is_dir():
         return source
-    from huggingface_hub import snapshot_download
-
     return Path(snapshot_download(str(model_path), allow_patterns=["*.py"]))
 
 
@@ -213,8 +214,6 @@ def check_own_code(model_path) -> None:
 
 def _copy_model_code(model_path, output_dir: Path) -> None:
     """Put the checkpoint's configuration and modeling files next to the config, whose `auto_map` names them."""
-    import shutil
-
     source = _code_folder(model_path)
     for code in source.glob("*.py"):
         if not (output_dir / code.name).exists():
@@ -224,6 +223,7 @@ def _copy_model_code(model_path, output_dir: Path) -> None:
 def quantize_onnx(onnx_dir: str | Path) -> Path:
     """Dynamic int8 quantization of `onnx_dir/model.onnx` into `onnx_dir/model_quantized.onnx`."""
     check_onnx_environment()
+    # optional: the onnx extra
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 

@@ -19,6 +19,11 @@ import struct
 import sys
 from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ..models import OpenLLMConfig
+from ..models.presets import parameter_counts as config_counts
 from ..resources import shipped
 from ..versions import framework_versions
 
@@ -69,9 +74,6 @@ def checkpoint_parameter_counts(folder: Path, config: dict) -> tuple[int | None,
     if config.get("model_type") != "openllm":
         moe = any(config.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts"))
         return stored, None if moe else stored
-    from ..models import OpenLLMConfig
-    from ..models.presets import parameter_counts as config_counts
-
     total, active = config_counts(OpenLLMConfig.from_dict(config))
     if stored is None:
         return total, active
@@ -84,10 +86,10 @@ def plot_training_curve(log_history: list[dict], path) -> Path | None:
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
     if not train and not evals:
         return None
-    import matplotlib
+    import matplotlib  # optional: the train extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: the train extra
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if train:
@@ -136,8 +138,6 @@ def _architecture(config: dict, folder: Path) -> dict:
 
 
 def _card_metadata(ctx: dict):
-    from huggingface_hub import EvalResult, ModelCardData
-
     eval_results = None
     results = ctx["eval"]
     if results and "metrics" in results:
@@ -289,8 +289,6 @@ def write_model_card(folder, **overrides) -> Path:
     """Render `folder/README.md` from the folder's files (plus `folder/training_curve.png` when a log history
     exists) and check that its metadata parses as a Hub model card. `overrides` replace any template variable, e.g.
     `repo_id`, `language`, `license`, `intended_use`; `template` picks a template (name in `model_cards/` or path)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
     folder = Path(folder)
     ctx = build_context(folder, **overrides)
     summary = _read_json(folder / "training_summary.json") or {}
@@ -321,8 +319,6 @@ def check_model_card(path):
     """Parse the card the way the Hub library does (YAML front matter, `model-index`) without network access, and
     check the fields the Hub needs. Returns the `huggingface_hub.ModelCard`. (`ModelCard.validate()` runs the Hub's
     own check but needs the network.)"""
-    from huggingface_hub import ModelCard
-
     card = ModelCard.load(path, ignore_metadata_errors=False)
     data = card.data
     problems = [f"missing {key}" for key in ("license", "library_name", "pipeline_tag") if not getattr(data, key)]

@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from huggingface_hub import HfApi
+
 logger = logging.getLogger(__name__)
 
 # training state that belongs on the machine that trained, not in the model repo
@@ -27,8 +29,6 @@ def push_folder(folder, repo_id: Optional[str] = None, private: Optional[bool] =
         logger.warning("Could not push to the Hub: HF_HUB_OFFLINE is set. %s is ready; push it later with: %s",
                        folder, command)
         return None
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

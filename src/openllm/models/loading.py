@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 HEADS = ("causal-lm", "sequence-classification", "base")
 
@@ -41,8 +45,6 @@ def check_model_path(model_name_or_path: str, files=MODEL_FILES) -> None:
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    import torch
-
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -50,8 +52,6 @@ def resolve_device(device: str | None = "auto") -> str:
 
 def resolve_dtype(dtype: str | None, device: str | None = "auto"):
     """The torch dtype for `dtype` (one of DTYPES) on `device`."""
-    import torch
-
     if dtype in (None, "auto"):
         device = resolve_device(device)
         on_bf16_gpu = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -73,8 +73,6 @@ def _remote_code_error(name: str, what: str) -> RemoteCodeError:
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
-    from transformers import AutoTokenizer
-
     check_model_path(name_or_path, TOKENIZER_FILES)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
@@ -85,8 +83,6 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revisi
 
 
 def load_config(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None, **overrides):
-    from transformers import AutoConfig
-
     check_model_path(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
@@ -102,8 +98,6 @@ def load_model(name_or_path: str, *, head: str = "causal-lm", trust_remote_code:
     """A model from a folder or Hub id. `head` picks the Auto class. `device=None` leaves placement to the caller
     (a Trainer, or `device_map` in `kwargs`); otherwise the model is moved there and put in eval mode. `dtype` is
     one of DTYPES or a torch dtype; `kwargs` go to `from_pretrained` (attn_implementation, quantization_config...)."""
-    import transformers
-
     if head not in HEADS:
         raise ValueError(f"Unknown model head {head!r}; choose one of {', '.join(HEADS)}.")
     auto_class = {"causal-lm": transformers.AutoModelForCausalLM, "base": transformers.AutoModel,

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 import transformers
 from transformers import TrainingArguments
 from trl import DPOConfig as _DPOConfig
@@ -179,8 +180,6 @@ class PretrainConfig(RunArguments, TrainingArguments):
                                     "num_decay_steps": min(round(decay * self.max_steps), self.max_steps - warmup)}
 
     def _resolve_precision(self):
-        import torch
-
         on_gpu = torch.cuda.is_available() and not self.use_cpu
         precision = self.precision
         if precision == "auto":
@@ -199,8 +198,6 @@ class PretrainConfig(RunArguments, TrainingArguments):
 
 
 def _on_mps() -> bool:
-    import torch
-
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
@@ -213,7 +210,7 @@ def _on_mps() -> bool:
 class PostTrainArguments(ScriptArguments):
     """TRL's `ScriptArguments` plus what every OpenLLM post-training recipe reads.
 
-    `dataset_name` also takes a local file/folder or a synthetic `openllm:mix` (see `openllm.data.post_training`);
+    `dataset_name` also takes a local file/folder or a synthetic `openllm:mix` (see `openllm.tasks`);
     `dataset_config` then picks `conversational` (default) or `standard` strings.
     """
 
@@ -236,7 +233,7 @@ class PostTrainArguments(ScriptArguments):
     terse_fraction: float = field(
         default=0.0,
         metadata={"help": "openllm:reasoning data only: share of examples that give the `#### answer` line alone "
-                          "instead of a worked solution (see openllm.data.reasoning)."})
+                          "instead of a worked solution (see openllm.tasks.reasoning)."})
     log_expert_load: bool = field(
         default=True, metadata={"help": "Log expert utilisation (`expert_load/*`) for Mixture-of-Experts models."})
 

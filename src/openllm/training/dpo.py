@@ -5,28 +5,25 @@ same model with its adapter switched off.
     openllm dpo --config recipes/dpo_debug.yaml          # = python recipes/dpo.py --config recipes/dpo_debug.yaml
 """
 
+from trl import DPOTrainer, ModelConfig, TrlParser
+
+from . import run
 from .arguments import DPOConfig, PostTrainArguments
+from .posttrain import (
+    load_model,
+    load_stage_dataset,
+    load_tokenizer,
+    peft_config,
+    require_chat_template,
+    train_and_finish,
+)
 
 
 def make_parser(**kwargs):
-    from trl import ModelConfig, TrlParser
-
     return TrlParser((PostTrainArguments, DPOConfig, ModelConfig), **kwargs)
 
 
 def main(script_args: PostTrainArguments, training_args: DPOConfig, model_args):
-    from trl import DPOTrainer
-
-    from . import run
-    from .posttrain import (
-        load_model,
-        load_stage_dataset,
-        load_tokenizer,
-        peft_config,
-        require_chat_template,
-        train_and_finish,
-    )
-
     run.setup(training_args)
     if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
                                            script_args.dataset_name]) is not None:

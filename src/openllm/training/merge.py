@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from peft import PeftConfig, PeftModel
 
 from .. import atomic
 from ..data.tokenizer import portable_tokenizer_config
@@ -51,8 +52,6 @@ def run(args):
 def merge_adapter(adapter, output_dir, base=None, dtype=None, trust_remote_code=False) -> dict:
     """Merge the LoRA `adapter` into `base`, check the merged logits against base+adapter, save to `output_dir`, and
     return the `training_summary.json` written there."""
-    from peft import PeftConfig, PeftModel  # optional: the `train` extra
-
     start = time.perf_counter()
     try:
         peft_config = PeftConfig.from_pretrained(adapter)

@@ -9,10 +9,15 @@ import argparse
 import logging
 import math
 
+import torch
+from accelerate import PartialState
+from trl import get_peft_config, get_quantization_config
+
 from ..data.post_training import check_dataset
+from ..data.tokenizer import save_tokenizer
 from ..evaluation.answers import answer_accuracy
 from ..evaluation.generation import scoring_mode as _scoring
-from ..models import loading
+from ..models import OpenLLMForCausalLM, get_preset_config, loading
 from ..tasks import ANSWER, load_post_dataset, make_example_tokenizer
 from . import run
 
@@ -48,29 +53,23 @@ def check_quantization(model_args):
     """QLoRA needs a CUDA GPU and bitsandbytes, and trains adapters only: say so before anything is loaded."""
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return
-    import torch
-
     if not model_args.use_peft:
         raise ValueError("load_in_4bit/load_in_8bit (QLoRA) freezes the quantized base: also set `use_peft: true`.")
     if not torch.cuda.is_available():
         raise ValueError("QLoRA (load_in_4bit/load_in_8bit) needs a CUDA GPU and bitsandbytes; this machine has no "
                          "GPU. Use plain LoRA instead: keep `use_peft: true` and drop load_in_4bit/load_in_8bit.")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (optional: user-installed for QLoRA, CUDA only)
     except ImportError as e:
         raise ValueError("QLoRA needs bitsandbytes: `pip install bitsandbytes`.") from e
 
 
 def model_init_kwargs(model_args, training_args) -> dict:
     """Keyword arguments for `from_pretrained`, as TRL's scripts build them (attention, quantization)."""
-    from trl import get_quantization_config
-
     check_quantization(model_args)
     kwargs = dict(attn_implementation=model_args.attn_implementation)
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
-        from accelerate import PartialState
-
         kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().local_process_index})
     kwargs.update(getattr(training_args, "model_init_kwargs", None) or {})
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -96,8 +95,6 @@ def load_model(model_args, training_args, sequence_classification: bool = False)
 
 def peft_config(model_args, model=None, task_type: str | None = None):
     """TRL's LoraConfig from `model_args`, with OpenLLM's module names as default targets."""
-    from trl import get_peft_config
-
     if not model_args.use_peft:
         return None
     if task_type:
@@ -141,8 +138,6 @@ def load_stage_dataset(script_args, stage: str, seed: int = 0):
 def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> list[float]:
     """Summed log-probability of each completion after its prompt (strings, or chat messages through the chat
     template), the tokens of the completion only."""
-    import torch
-
     def text(prompt, completion):
         if isinstance(prompt, list):
             return (tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
@@ -264,11 +259,6 @@ def train_and_finish(trainer, stage: str, script_args, training_args, model_args
 def init_base(folder, preset: str = "tiny", tokenizer=None, seed: int = 0, **overrides):
     """Save an untrained OpenLLM model of `preset` with `tokenizer` (default: the synthetic tasks' tokenizer),
     a starting point for the debug recipes and tests."""
-    import torch
-
-    from .. import OpenLLMForCausalLM, get_preset_config
-    from ..data.tokenizer import save_tokenizer
-
     tokenizer = tokenizer or make_example_tokenizer()
     config = get_preset_config(preset, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -26,10 +26,12 @@ from transformers import (
     Trainer,
     TrainerCallback,
 )
+from trl import TrlParser
 
 from .. import atomic
 from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
 from ..data.tokenizer import save_tokenizer, train_tokenizer
+from ..evaluation.perplexity import evaluate_model
 from ..models import get_preset_config, loading
 from . import run
 from .arguments import DataArguments, ModelArguments, PretrainConfig
@@ -43,8 +45,6 @@ TRAINED_TOKENIZER = ".tmp-tokenizer"
 
 def make_parser(**kwargs):
     """`TrlParser`: YAML (`--config`) and command-line flags → (DataArguments, ModelArguments, PretrainConfig)."""
-    from trl import TrlParser
-
     return TrlParser((DataArguments, ModelArguments, PretrainConfig), **kwargs)
 
 
@@ -195,8 +195,6 @@ def metrics_before_training(trainer, eval_blocks) -> dict:
 def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig):
     """`extras` for `run.save_final`: score held-out documents into `folder/eval_results.json` (with samples and a
     reliability diagram), which the model card then reports."""
-    from ..evaluation.perplexity import evaluate_model
-
     def evaluate(folder: Path):
         texts = corpus.eval["text"][: training_args.final_eval_documents]
         prompts = [" ".join(t.split()[:6]) for t in texts[:3]]

@@ -7,28 +7,25 @@ through `AutoModelForSequenceClassification`.
     openllm reward --config recipes/reward_debug.yaml   # = python recipes/reward.py --config recipes/reward_debug.yaml
 """
 
+from trl import ModelConfig, RewardTrainer, TrlParser
+
+from . import run
 from .arguments import PostTrainArguments, RewardConfig
+from .posttrain import (
+    load_model,
+    load_stage_dataset,
+    load_tokenizer,
+    peft_config,
+    require_chat_template,
+    train_and_finish,
+)
 
 
 def make_parser(**kwargs):
-    from trl import ModelConfig, TrlParser
-
     return TrlParser((PostTrainArguments, RewardConfig, ModelConfig), **kwargs)
 
 
 def main(script_args: PostTrainArguments, training_args: RewardConfig, model_args):
-    from trl import RewardTrainer
-
-    from . import run
-    from .posttrain import (
-        load_model,
-        load_stage_dataset,
-        load_tokenizer,
-        peft_config,
-        require_chat_template,
-        train_and_finish,
-    )
-
     run.setup(training_args)
     if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
                                            script_args.dataset_name]) is not None:

@@ -11,30 +11,27 @@ training_summary.json records the mean reward of the first and last logged steps
 
 from pathlib import Path
 
+from trl import GRPOTrainer, ModelConfig, TrlParser
+
+from ..models import loading
+from . import run
 from .arguments import GRPOConfig, RLHFArguments
+from .posttrain import (
+    load_model,
+    load_stage_dataset,
+    load_tokenizer,
+    peft_config,
+    require_chat_template,
+    train_and_finish,
+)
+from .rewards import get_reward_funcs
 
 
 def make_parser(**kwargs):
-    from trl import ModelConfig, TrlParser
-
     return TrlParser((RLHFArguments, GRPOConfig, ModelConfig), **kwargs)
 
 
 def main(script_args: RLHFArguments, training_args: GRPOConfig, model_args):
-    from trl import GRPOTrainer
-
-    from ..models import loading
-    from . import run
-    from .posttrain import (
-        load_model,
-        load_stage_dataset,
-        load_tokenizer,
-        peft_config,
-        require_chat_template,
-        train_and_finish,
-    )
-    from .rewards import get_reward_funcs
-
     run.setup(training_args)
     if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
                                            script_args.dataset_name,

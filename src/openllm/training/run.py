@@ -30,10 +30,18 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import accelerate
+import torch
 import transformers
+from accelerate import PartialState
 from transformers import TrainerCallback
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from .. import atomic
+from ..data.tokenizer import portable_tokenizer_config
+from ..hub.model_card import write_model_card
+from ..hub.push import push_folder
 from .allocator import reuse_freed_memory
 
 try:
@@ -74,14 +82,10 @@ def setup(training_args) -> None:
 def check_distributed() -> None:
     """accelerate shards with FSDP only on accelerators (CUDA, XPU, NPU...): on CPU processes an FSDP config silently
     becomes plain DDP over gloo. Refuse instead of training something other than what was asked for."""
-    from accelerate import PartialState
-
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
         return
     kind = str(PartialState().distributed_type).split(".")[-1]
     if kind != "FSDP":
-        import accelerate
-
         raise ValueError(f"The launcher asked for FSDP, but accelerate {accelerate.__version__} set this run up as "
                          f"{kind}: it shards with FSDP only on GPUs (and other accelerators), not on CPU processes. "
                          "On CPUs launch with recipes/accelerate_configs/ddp.yaml (`--multi_gpu`, which runs DDP over "
@@ -93,8 +97,6 @@ def _is_main(training_args) -> bool:
 
 
 def _barrier() -> None:
-    from accelerate import PartialState
-
     PartialState().wait_for_everyone()
 
 
@@ -119,7 +121,7 @@ def lock_output_dir(output_dir) -> None:
     refuse when another live process holds it. The operating system drops the lock with its holder, even after a
     SIGKILL, so a killed run never leaves a stale lock behind."""
     try:
-        import fcntl
+        import fcntl  # optional: POSIX only
     except ImportError:  # not POSIX: no advisory locks to take
         return
     output_dir = Path(output_dir).resolve()
@@ -431,9 +433,6 @@ class RunTrainerMixin:
     def _finish_from_checkpoint(self, checkpoint):
         """The checkpoint is the end of training (the run was killed after its last save): load it and skip
         `train`, which would otherwise run one step past the schedule's end."""
-        from transformers.trainer_callback import TrainerState
-        from transformers.trainer_utils import TrainOutput
-
         logger.info("%s is the last step of the run: nothing left to train.", checkpoint)
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE))
@@ -559,8 +558,6 @@ def precision_of(training_args) -> str:
 
 def describe_hardware(training_args=None) -> str:
     """`"{processes} × {device}, {precision}"`, e.g. "2 × NVIDIA H100 80GB HBM3, bf16 mixed precision"."""
-    import torch
-
     use_cpu = getattr(training_args, "use_cpu", False)
     if torch.cuda.is_available() and not use_cpu:
         device = torch.cuda.get_device_name()
@@ -619,8 +616,6 @@ def training_summary(trainer, stage: str, training_args, train_output, *, base_m
 def write_card(folder, name: Optional[str] = None) -> bool:
     """Render the model card (README.md) from what the folder records; `name` is the model's name when `folder` is
     a staging folder."""
-    from ..hub.model_card import write_model_card
-
     if not (Path(folder) / "config.json").is_file():  # a LoRA adapter: its card comes with `openllm merge`
         logger.info("No model card for the adapter in %s; `openllm merge` writes one with the merged model.", folder)
         return False
@@ -636,8 +631,6 @@ def save_final(trainer, training_args, summary: dict, extras: Optional[Callable[
     """Write the finished model folder as one unit: weights and code (`save_model`), tokenizer, `extras(folder)`
     (e.g. an evaluation), `training_summary.json` and the model card are staged in a hidden folder, then committed
     into `output_dir` with the summary last. Every process calls this (sharded models save from all ranks)."""
-    from ..data.tokenizer import portable_tokenizer_config
-
     output_dir = Path(training_args.output_dir)
     staging = output_dir / FINAL_STAGING
     main = trainer.accelerator.is_main_process
@@ -671,8 +664,6 @@ def defer_push(training_args) -> bool:
 
 def push(training_args, stage: str) -> Optional[str]:
     """Push the finished `output_dir` (main process): checkpoints and logs stay local."""
-    from ..hub.push import push_folder
-
     if not _is_main(training_args):
         return None
     return push_folder(training_args.output_dir, training_args.hub_model_id, private=training_args.hub_private_repo,

@@ -5,28 +5,25 @@ unless the config says otherwise; `packing: true` packs examples into `max_lengt
     openllm sft --config recipes/sft_debug.yaml          # = python recipes/sft.py --config recipes/sft_debug.yaml
 """
 
+from trl import ModelConfig, SFTTrainer, TrlParser
+
+from . import run
 from .arguments import PostTrainArguments, SFTConfig
+from .posttrain import (
+    load_model,
+    load_stage_dataset,
+    load_tokenizer,
+    peft_config,
+    require_chat_template,
+    train_and_finish,
+)
 
 
 def make_parser(**kwargs):
-    from trl import ModelConfig, TrlParser
-
     return TrlParser((PostTrainArguments, SFTConfig, ModelConfig), **kwargs)
 
 
 def main(script_args: PostTrainArguments, training_args: SFTConfig, model_args):
-    from trl import SFTTrainer
-
-    from . import run
-    from .posttrain import (
-        load_model,
-        load_stage_dataset,
-        load_tokenizer,
-        peft_config,
-        require_chat_template,
-        train_and_finish,
-    )
-
     run.setup(training_args)
     if run.finished(training_args, inputs=[model_args.model_name_or_path, script_args.tokenizer_name_or_path,
                                            script_args.dataset_name]) is not None:

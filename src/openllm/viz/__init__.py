@@ -6,5 +6,5 @@
 - `confidence`: the probability a model gave each token of a text, as coloured HTML or a PNG.
 - `cli`: `openllm viz attention|experts|confidence MODEL ...`.
 
-matplotlib (in the `train` extra) is imported only by the drawing functions.
+Needs matplotlib (in the `train` extra).
 """

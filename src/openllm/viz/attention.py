@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
+
+from .figures import pyplot, save_png
 from .tokens import encode_with_pieces, label
 
 
 @dataclass
 class AttentionMaps:
     tokens: list[str]  # the text piece of each token, in order
-    weights: "torch.Tensor"  # noqa: F821  (layers, heads, query, key), fp32, rows sum to 1
+    weights: torch.Tensor  # (layers, heads, query, key), fp32, rows sum to 1
 
 
 @contextlib.contextmanager
@@ -34,8 +37,6 @@ def eager_attention(model):
 
 def attention_maps(model, tokenizer, text: str, max_tokens: int = 64) -> AttentionMaps:
     """Every layer's and head's attention weights over the tokens of `text` (at most `max_tokens` of them)."""
-    import torch
-
     ids, pieces = encode_with_pieces(tokenizer, text)
     if len(ids) > max_tokens:
         raise ValueError(f"The prompt has {len(ids)} tokens; attention maps are readable up to {max_tokens}. "
@@ -51,8 +52,6 @@ def attention_maps(model, tokenizer, text: str, max_tokens: int = 64) -> Attenti
 def plot_attention(maps: AttentionMaps, layers=None, heads=None, path=None, title: str | None = None):
     """A grid of heatmaps, one row per layer and one column per head (query tokens down, key tokens across).
     Returns the matplotlib figure; with `path`, also saves it as a PNG."""
-    from .figures import pyplot, save_png
-
     plt = pyplot()
     num_layers, num_heads, size, _ = maps.weights.shape
     layers = list(range(num_layers)) if layers is None else list(layers)

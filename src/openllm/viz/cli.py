@@ -8,6 +8,9 @@
 from pathlib import Path
 
 from ..models.loading import add_loading_arguments, load_causal_lm
+from .attention import attention_maps, plot_attention
+from .confidence import plot_confidence, render_html, token_confidences
+from .experts import expert_routing, plot_expert_routing
 
 SUFFIXES = {"attention": (".png",), "experts": (".png",), "confidence": (".html", ".png")}
 
@@ -44,8 +47,6 @@ def run(args) -> int:
     model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32", revision=args.revision,
                                       trust_remote_code=args.trust_remote_code)
     if args.picture == "attention":
-        from .attention import attention_maps, plot_attention
-
         maps = attention_maps(model, tokenizer, args.text)
         layers = _int_list(args.layers) if args.layers else None
         heads = _int_list(args.heads) if args.heads else None
@@ -53,12 +54,8 @@ def run(args) -> int:
         _check_indices(heads, maps.weights.shape[1], "head")
         plot_attention(maps, layers=layers, heads=heads, path=out)
     elif args.picture == "experts":
-        from .experts import expert_routing, plot_expert_routing
-
         plot_expert_routing(expert_routing(model, tokenizer, args.text), path=out)
     else:
-        from .confidence import plot_confidence, render_html, token_confidences
-
         conf = token_confidences(model, tokenizer, args.text)
         render_html(conf, path=out) if out.suffix.lower() == ".html" else plot_confidence(conf, path=out)
     print(f"Wrote {out}")

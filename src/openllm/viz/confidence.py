@@ -15,6 +15,12 @@ import colorsys
 import html
 from dataclasses import dataclass
 
+import torch
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.patches import Rectangle
+
+from .. import atomic
+from .figures import pyplot, save_png
 from .tokens import encode_with_pieces
 
 
@@ -31,8 +37,6 @@ class TokenConfidence:
 def token_confidences(model, tokenizer, text: str, max_tokens: int | None = None) -> TokenConfidence:
     """Score every token of `text`: the first one is predicted from a BOS token (EOS if there is none), as in
     `openllm.evaluation.perplexity.evaluate_model`, so each token gets a probability."""
-    import torch
-
     ids, pieces = encode_with_pieces(tokenizer, text, prefix_token=True)
     context = getattr(model.config, "max_position_embeddings", None) or len(ids)
     limit = min(context, max_tokens + 1) if max_tokens else context
@@ -94,8 +98,6 @@ def render_html(conf: TokenConfidence, path=None, title: str = "Token confidence
     page = _PAGE.format(title=html.escape(title), legend=legend, body="".join(spans), count=len(conf.tokens),
                         mean=sum(conf.probabilities) / max(1, len(conf.probabilities)))
     if path is not None:
-        from .. import atomic
-
         atomic.write_text(path, page)
     return page
 
@@ -103,12 +105,7 @@ def render_html(conf: TokenConfidence, path=None, title: str = "Token confidence
 def plot_confidence(conf: TokenConfidence, path=None, line_width: int = 72, title: str = "Token confidence"):
     """The text laid out in a monospace font, each token on a box coloured by its probability (newlines shown as ↵
     and kept as line breaks). Returns the figure; with `path`, also saves it as a PNG."""
-    from .figures import pyplot, save_png
-
     plt = pyplot()
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.patches import Rectangle
-
     boxes, row, col = [], 0, 0.0  # (row, column, width in characters, shown text, probability)
     for piece, p in zip(conf.tokens, conf.probabilities):
         # spaces stay spaces (the box shows them), a newline is drawn as ↵ and breaks the line; a token that only

@@ -7,18 +7,21 @@
 
 from __future__ import annotations
 
+import torch
 
-def token_embeddings(model) -> "torch.Tensor":  # noqa: F821
+from .figures import pyplot, save_png
+from .tokens import label
+
+
+def token_embeddings(model) -> torch.Tensor:
     """The input embedding matrix (vocab, hidden) as fp32 on the CPU."""
     return model.get_input_embeddings().weight.detach().float().cpu()
 
 
-def pca_2d(vectors) -> "torch.Tensor":  # noqa: F821
+def pca_2d(vectors) -> torch.Tensor:
     """Project rows of `vectors` (N, D) onto their two principal components: an (N, 2) tensor whose first column has
     the largest variance. Signs are fixed so each component's largest-magnitude coordinate is positive, which makes
     the picture the same on every run."""
-    import torch
-
     x = torch.as_tensor(vectors, dtype=torch.float64)
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"pca_2d needs at least 2 row vectors (N, D), got shape {tuple(x.shape)}.")
@@ -33,10 +36,8 @@ def pca_2d(vectors) -> "torch.Tensor":  # noqa: F821
     return (points * torch.where(flip == 0, 1.0, flip)).float()
 
 
-def cosine_similarities(vectors, query) -> "torch.Tensor":  # noqa: F821
+def cosine_similarities(vectors, query) -> torch.Tensor:
     """Cosine similarity of every row of `vectors` (N, D) with `query` (a row index or a (D,) vector)."""
-    import torch
-
     vectors = torch.as_tensor(vectors, dtype=torch.float32)
     q = vectors[query] if isinstance(query, int) else torch.as_tensor(query, dtype=torch.float32)
     return torch.nn.functional.cosine_similarity(vectors, q[None, :], dim=-1)
@@ -45,8 +46,6 @@ def cosine_similarities(vectors, query) -> "torch.Tensor":  # noqa: F821
 def nearest_neighbours(vectors, query, k: int = 5, exclude=()) -> list[tuple[int, float]]:
     """The `k` rows most similar to `query` by cosine, best first, as (row, similarity); a row-index query is not its
     own neighbour, nor is any row in `exclude` (e.g. special tokens)."""
-    import torch
-
     similarities = cosine_similarities(vectors, query).clone()
     skip = list(exclude) + ([query] if isinstance(query, int) else [])
     if skip:
@@ -72,9 +71,6 @@ def token_neighbours(model, tokenizer, words, k: int = 5) -> dict[str, list[tupl
 
 def plot_projection(points, labels, path=None, title: str = "Token embeddings (PCA)", groups=None):
     """A scatter plot of 2-D points with a text label at each; `groups` (one name per point) colours them."""
-    from .figures import pyplot, save_png
-    from .tokens import label
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     points = points.numpy() if hasattr(points, "numpy") else points

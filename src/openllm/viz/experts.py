@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from matplotlib.colors import ListedColormap
+
+from .figures import pyplot, save_png
 from .tokens import encode_with_pieces, label
 
 
@@ -16,8 +20,8 @@ from .tokens import encode_with_pieces, label
 class ExpertRouting:
     tokens: list[str]  # the text piece of each token, in order
     layers: list[int]  # index of each MoE layer in the model
-    router_logits: "torch.Tensor"  # noqa: F821  (moe layers, tokens, experts), fp32
-    experts: "torch.Tensor"  # noqa: F821  (moe layers, tokens, k) chosen experts, highest router probability first
+    router_logits: torch.Tensor  # (moe layers, tokens, experts), fp32
+    experts: torch.Tensor  # (moe layers, tokens, k) chosen experts, highest router probability first
 
     @property
     def top_expert(self):
@@ -26,8 +30,6 @@ class ExpertRouting:
 
     def expert_counts(self):
         """(moe layers, experts): how many of the text's tokens each expert received (any of the k slots)."""
-        import torch
-
         num_experts = self.router_logits.shape[-1]
         return torch.stack([torch.bincount(e.flatten(), minlength=num_experts) for e in self.experts])
 
@@ -35,8 +37,6 @@ class ExpertRouting:
 def expert_routing(model, tokenizer, text: str, max_tokens: int = 128) -> ExpertRouting:
     """Run `text` through an MoE model with `output_router_logits=True` and read each layer's top-k choice the way
     the router makes it (top-k of the softmax over the router logits)."""
-    import torch
-
     config = model.config
     num_experts = getattr(config, "num_experts", 0) or getattr(config, "num_local_experts", 0)
     if not num_experts:
@@ -60,11 +60,7 @@ def expert_routing(model, tokenizer, text: str, max_tokens: int = 128) -> Expert
 def plot_expert_routing(routing: ExpertRouting, path=None, title: str | None = None):
     """One row per MoE layer, one column per token: the colour is the token's first-choice expert and the cell lists
     all k choices. Returns the figure; with `path`, also saves it as a PNG."""
-    from .figures import pyplot, save_png
-
     plt = pyplot()
-    from matplotlib.colors import ListedColormap
-
     num_layers, num_tokens, num_experts = routing.router_logits.shape
     palette = plt.get_cmap("tab10" if num_experts <= 10 else "tab20")
     cmap = ListedColormap([palette(i) for i in range(num_experts)])

@@ -3,23 +3,21 @@
 import io
 import warnings
 
+import matplotlib
+import matplotlib.pyplot as plt
+
+from .. import atomic
+
 
 def pyplot():
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("Drawing needs matplotlib: pip install matplotlib (or openllm-hf[train]).") from error
+    """pyplot, drawing off screen unless a notebook shows the figures inline."""
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 
 def save_png(fig, path, dpi: int = 100):
     """Write `fig` to `path` as a PNG, whole or not at all."""
-    from .. import atomic
-
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # a character the font lacks (an emoji) is drawn as a box; that is enough
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import datasets
 
+from openllm.data.text import load_eval_texts
 from openllm.tasks import ANSWER, get_task
 
 HERE = Path(__file__).resolve().parent
@@ -18,8 +19,6 @@ def _test_split(rows: list[dict]):
 
 def heldout(data_files=None, text_column: str = "text", **_):
     """The texts of `data_files` (any file `openllm eval --dataset` reads; default: the shipped sample)."""
-    from openllm.data.text import load_eval_texts
-
     texts, _split = load_eval_texts(str(data_files or DEFAULT_HELDOUT), text_column=text_column)
     return _test_split([{"text": t} for t in texts])
 
