@@ -20,7 +20,7 @@ from trl import RewardConfig as _RewardConfig
 from trl import ScriptArguments
 from trl import SFTConfig as _SFTConfig
 
-_TRANSFORMERS_4 = transformers.__version__.startswith("4.")
+TRANSFORMERS_4 = transformers.__version__.startswith("4.")
 
 
 @dataclass
@@ -35,16 +35,16 @@ class RunArguments:
     auto_resume: bool = field(
         default=True, metadata={"help": "Resume from the newest complete checkpoint-* in output_dir when "
                                         "resume_from_checkpoint is unset."})
-    if _TRANSFORMERS_4:  # the recipes use transformers 5's name; 4.57 knows only gradient_checkpointing
+    if TRANSFORMERS_4:  # the recipes use transformers 5's name; 4.57 knows only gradient_checkpointing
         activation_checkpointing: Optional[bool] = field(
             default=None, metadata={"help": "Recompute activations in the backward pass (gradient_checkpointing)."})
 
     def __post_init__(self):
         # transformers 5 reads a warmup_steps below 1 as a fraction of the run; 4.57 takes a fraction only as
         # warmup_ratio (and refuses a float warmup_steps), so the recipes' fractions work on both
-        if _TRANSFORMERS_4 and isinstance(self.warmup_steps, float) and 0 < self.warmup_steps < 1:
+        if TRANSFORMERS_4 and isinstance(self.warmup_steps, float) and 0 < self.warmup_steps < 1:
             self.warmup_ratio, self.warmup_steps = self.warmup_steps, 0
-        if _TRANSFORMERS_4 and self.activation_checkpointing is not None:
+        if TRANSFORMERS_4 and self.activation_checkpointing is not None:
             self.gradient_checkpointing = self.activation_checkpointing
         super().__post_init__()
 

@@ -43,6 +43,7 @@ from ..data.tokenizer import portable_tokenizer_config
 from ..hub.model_card import write_model_card
 from ..hub.push import push_folder
 from .allocator import reuse_freed_memory
+from .arguments import TRANSFORMERS_4
 
 try:
     from transformers.trainer_utils import rotate_checkpoints
@@ -487,6 +488,17 @@ class RunTrainerMixin:
             else:
                 self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
         self.accelerator.wait_for_everyone()
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # transformers 4.57 loads a distributed run's optimizer state onto `args.device`, which on CPU ranks is a
+        # "cpu:N" that torch cannot load onto; the state belongs on the CPU anyway
+        if not (TRANSFORMERS_4 and checkpoint and self.args.world_size > 1
+                and self.args.device.type == "cpu" and not self.is_fsdp_enabled and not self.is_deepspeed_enabled):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        optimizer, scheduler = os.path.join(checkpoint, "optimizer.pt"), os.path.join(checkpoint, "scheduler.pt")
+        if os.path.isfile(optimizer) and os.path.isfile(scheduler):
+            self.optimizer.load_state_dict(torch.load(optimizer, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
 
     def _issue_warnings_after_load(self, load_result):
         """A tied head is not stored in checkpoints, so loading one reports it as missing; it is not."""
