@@ -15,8 +15,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
@@ -27,6 +25,7 @@ from .. import atomic
 from ..hub.paths import check_output_folder
 from ..models import OpenLLMConfig, OpenLLMForCausalLM
 from ..models.configuration_openllm import ROPE_TYPES
+from ..models.loading import load_config, load_model
 
 TARGETS = ("llama", "mixtral", "openllm")
 TOKENIZER_FILES = (
@@ -286,13 +285,15 @@ def convert_checkpoint(src, dst, to: str, verify: bool = True):
         raise FileNotFoundError(f"{src} is not a model folder (no config.json); pass a `save_pretrained` folder.")
     if dst.resolve() == src.resolve():
         raise ValueError("The destination must differ from the source folder.")
-    model_type = AutoConfig.from_pretrained(src).model_type
+    config = load_config(str(src))
+    model_type = config.model_type
     sources = {"llama": ("openllm",), "mixtral": ("openllm",), "openllm": ("llama", "mixtral")}[to]
     if model_type not in sources:
         raise ValueError(f"{src} holds a {model_type!r} model, but `--to {to}` converts from "
                          f"{' or '.join(repr(s) for s in sources)} models.")
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto").eval()
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    model = load_model(str(src), dtype=getattr(torch, str(stored).removeprefix("torch.")), device="cpu")
     if to == "openllm":
         converted = from_llama(model) if model_type == "llama" else from_mixtral(model)
     else:

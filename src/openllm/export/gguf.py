@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import snapshot_download
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import atomic
-from ..models.loading import check_model_path
+from ..models.loading import load_causal_lm
 from ..models.modeling_openllm import rope_inverse_frequencies
 from .convert import check_no_temperature
 
@@ -43,11 +42,9 @@ def export_gguf(model_path: str | Path, output_file: str | Path, dtype: str = "f
         raise ImportError("GGUF export needs the `gguf` package: pip install 'openllm-hf[gguf]'") from e
     if dtype not in DTYPES:
         raise ValueError(f"Unknown GGUF dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
-    check_model_path(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model, tokenizer = load_causal_lm(str(model_path), dtype="float32", device="cpu")
     config = model.config
     _check_llama_compatible(config)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
