@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
@@ -45,8 +46,6 @@ def test_every_notebook_has_a_source_and_no_outputs():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_matches_its_source(name):
-    jupytext = pytest.importorskip("jupytext")
-
     def cells(path):
         return [(c.cell_type, c.source) for c in jupytext.read(path).cells]
 
