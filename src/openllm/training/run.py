@@ -288,6 +288,7 @@ def read_run_state(checkpoint) -> dict:
 
 
 def batch_identity(training_args) -> dict:
+    """The number of processes and the examples per optimizer step over all of them."""
     return {"world_size": training_args.world_size,
             "global_batch_size": training_args.per_device_train_batch_size
             * training_args.gradient_accumulation_steps * training_args.world_size}
@@ -596,14 +597,11 @@ def training_summary(trainer, stage: str, training_args, train_output, *, base_m
                      metrics: dict, model_args=None, extra_args: Optional[dict] = None, **extra) -> dict:
     """`training_summary.json`, the same schema for every stage: stage, base_model, datasets, data, training_args,
     log_history, metrics, hardware, train_runtime_s (plus stage-specific keys such as `adapter` or `reward`)."""
-    world = training_args.world_size
     args = {k: getattr(training_args, k) for k in SUMMARY_ARGS if hasattr(training_args, k)}
     if model_args is not None and getattr(model_args, "use_peft", False):
         args.update({k: getattr(model_args, k) for k in SUMMARY_MODEL_ARGS if getattr(model_args, k, None)})
-    args.update(precision=precision_of(training_args), world_size=world,
-                distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1],
-                global_batch_size=training_args.per_device_train_batch_size
-                * training_args.gradient_accumulation_steps * world)
+    args.update(precision=precision_of(training_args), **batch_identity(training_args),
+                distributed_type=str(trainer.accelerator.distributed_type).split(".")[-1])
     args.update(extra_args or {})
     runtime = train_output.metrics.get("train_runtime")
     summary = {
