@@ -83,7 +83,7 @@ def test_one_dtype_rule():
 def test_onnx_export_refuses_code_that_is_not_openllms(tiny_model_dir, tmp_path):
     from openllm.export.onnx import check_own_code
 
-    check_own_code(tiny_model_dir)  # a folder saved by this openllm: its code is the package's
+    assert check_own_code(tiny_model_dir)  # a folder saved by this openllm: its code is the package's
     folder = tmp_path / "edited"
     shutil.copytree(tiny_model_dir, folder)
     with open(folder / "modeling_openllm.py", "a") as f:

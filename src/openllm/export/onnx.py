@@ -171,8 +171,8 @@ def export_onnx(
         # optimum tells the library from the class's module: it must come from transformers' remote-code loader
         raise ValueError(f"{model_path} has no modeling code (`auto_map` in config.json). Load it with openllm "
                          "installed and `save_pretrained` it again, which writes the code next to the weights.")
-    if not trust_remote_code:
-        check_own_code(model_path)
+    # optimum runs the checkpoint's own code: allowed when it is openllm's, or when the user trusts it
+    runs_trusted_code = trust_remote_code or check_own_code(model_path)
     output_dir = Path(output_dir)
     onnx_config = _onnx_config_class()(config, task="text-generation", use_past=True, use_past_in_inputs=True)
     check_output_folder(output_dir)
@@ -182,7 +182,7 @@ def export_onnx(
             output=folder,
             task="text-generation-with-past",
             opset=opset,
-            trust_remote_code=True,  # the checkpoint's code was checked above, or trusted explicitly
+            trust_remote_code=runs_trusted_code,
             library_name="transformers",
             custom_onnx_configs={"model": onnx_config},
             do_validation=validate,
@@ -201,8 +201,9 @@ def _code_folder(model_path) -> Path:
     return Path(snapshot_download(str(model_path), allow_patterns=["*.py"]))
 
 
-def check_own_code(model_path) -> None:
-    """Raise RemoteCodeError unless every Python file the checkpoint carries is the installed openllm's own."""
+def check_own_code(model_path) -> bool:
+    """True when every Python file the checkpoint carries is the installed openllm's own; RemoteCodeError
+    otherwise."""
     ours = Path(models.__file__).parent
     for code in _code_folder(model_path).glob("*.py"):
         if not (ours / code.name).is_file() or (ours / code.name).read_bytes() != code.read_bytes():
@@ -210,6 +211,7 @@ def check_own_code(model_path) -> None:
                 f"{model_path} carries {code.name}, which is not the installed openllm's own code, and the ONNX "
                 "export runs the checkpoint's code. Run it only if you trust its author: pass --trust-remote-code. "
                 "Or load the model with this openllm and `save_pretrained` it again, which writes openllm's code.")
+    return True
 
 
 def _copy_model_code(model_path, output_dir: Path) -> None:
