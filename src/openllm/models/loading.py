@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -61,36 +62,31 @@ def resolve_dtype(dtype: str | None, device: str | None = "auto"):
     return getattr(torch, dtype)
 
 
-def _needs_trust(error: Exception) -> bool:
-    return isinstance(error, ValueError) and "trust_remote_code" in str(error)
-
-
-def _remote_code_error(name: str, what: str) -> RemoteCodeError:
-    return RemoteCodeError(
-        f"{name} ships its own Python code for its {what}, and loading it would run that code. Run it only if you "
-        "trust its author: pass --trust-remote-code (or `trust_remote_code: true` in a recipe). OpenLLM models need "
-        "no such trust where the `openllm-hf` package is installed.")
+@contextlib.contextmanager
+def _refusing_remote_code(name: str, what: str):
+    """transformers' refusal to run a repository's code, as an error that names our flag."""
+    try:
+        yield
+    except ValueError as error:
+        if isinstance(error, RemoteCodeError) or "trust_remote_code" not in str(error):
+            raise
+        raise RemoteCodeError(
+            f"{name} ships its own Python code for its {what}, and loading it would run that code. Run it only if "
+            "you trust its author: pass --trust-remote-code (or `trust_remote_code: true` in a recipe). OpenLLM "
+            "models need no such trust where the `openllm-hf` package is installed.") from None
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     check_model_path(name_or_path, TOKENIZER_FILES)
-    try:
+    with _refusing_remote_code(name_or_path, "tokenizer"):
         return AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    except ValueError as error:
-        if _needs_trust(error):
-            raise _remote_code_error(name_or_path, "tokenizer") from None
-        raise
 
 
 def load_config(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None, **overrides):
     check_model_path(name_or_path)
-    try:
+    with _refusing_remote_code(name_or_path, "configuration"):
         return AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
                                           **overrides)
-    except ValueError as error:
-        if _needs_trust(error):
-            raise _remote_code_error(name_or_path, "configuration") from None
-        raise
 
 
 def load_model(name_or_path: str, *, head: str = "causal-lm", trust_remote_code: bool = False, dtype="auto",
@@ -105,12 +101,9 @@ def load_model(name_or_path: str, *, head: str = "causal-lm", trust_remote_code:
     check_model_path(name_or_path)
     torch_dtype = dtype if not isinstance(dtype, str) else resolve_dtype(dtype, device)
     try:
-        model = auto_class.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
-                                           dtype=torch_dtype, **kwargs)
-    except ValueError as error:
-        if _needs_trust(error):
-            raise _remote_code_error(name_or_path, "model") from None
-        raise
+        with _refusing_remote_code(name_or_path, "model"):
+            model = auto_class.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                               dtype=torch_dtype, **kwargs)
     except OSError as error:
         where = "the folder" if Path(name_or_path).is_dir() else "the Hub (it is not a local folder either)"
         raise OSError(f"Could not load a model from {name_or_path!r} ({where}): {error}") from error
