@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,10 @@ def test_stage_command_parses_like_its_recipe(stage, monkeypatch):
     got = []
     monkeypatch.setattr(module, "main", lambda *args: got.append(args))
     assert main([stage, *argv]) == 0
-    assert [repr(a) for a in got[0]] == [repr(a) for a in expected]
+    def shown(parsed):  # transformers 4.57 stamps its default logging_dir with the second it was parsed at
+        return [re.sub(r"logging_dir='[^']*', ", "", repr(a)) for a in parsed]
+
+    assert shown(got[0]) == shown(expected)
     assert [a.learning_rate for a in got[0] if hasattr(a, "learning_rate")] == [0.123]
 
 
