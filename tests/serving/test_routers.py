@@ -2,6 +2,7 @@
 real engine without HTTP, and an app that includes one router serves that protocol and nothing else."""
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -97,6 +98,23 @@ def test_stop_holdback_keeps_a_possible_stop_back():
     assert holdback.push(out("x")) == "Ex"
     assert holdback.push(out(" EN")) == " "
     assert holdback.push(out("D", "stop_sequence", stop=len("hello Ex "))) == ""
+
+
+def test_stop_holdback_holds_the_longest_prefix_that_the_text_ends_with():
+    """Against the definition (every prefix of every stop sequence tested against the text's end), on random texts
+    over a small alphabet, where prefixes overlap often; a long stop sequence costs work in proportion to the text."""
+    rng = random.Random(0)
+    for _ in range(300):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 3))]
+        holdback, text, sent = StopHoldback(stops), "", ""
+        for _ in range(rng.randint(1, 8)):
+            chunk = "".join(rng.choice("abc") for _ in range(rng.randint(0, 3)))
+            text += chunk
+            sent += holdback.push(StepOutput(token=None, text=chunk))
+            hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+            assert sent == text[:max(len(text) - hold, len(sent))], (stops, text, sent)
+    huge = StopHoldback(["x" * 200_000])
+    assert [huge.push(StepOutput(token=None, text=t)) for t in ("ab", "xx", "c")] == ["ab", "", "xxc"]
 
 
 def test_one_protocol_router_alone(tiny):

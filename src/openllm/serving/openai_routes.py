@@ -39,21 +39,49 @@ class StopHoldback:
 
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
+        self.borders = [_borders(s) for s in self.stops]
+        self.matched = [0] * len(self.stops)  # per stop: its longest prefix that the text ends with
         self.text = ""
         self.sent = 0
 
     def push(self, output: StepOutput) -> str:
         self.text += output.text
+        self._advance(output.text)
         if output.stop_index is not None:
             limit = output.stop_index
         elif output.finish_reason is not None:
             limit = len(self.text)
-        else:
-            hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        else:  # hold back the longest proper prefix of a stop sequence that the text ends with
+            hold = max((k if k < len(s) else b[k - 1] for s, b, k in zip(self.stops, self.borders, self.matched)),
+                       default=0)
             limit = len(self.text) - hold
         delta = self.text[self.sent:max(limit, self.sent)]
         self.sent = max(limit, self.sent)
         return delta
+
+    def _advance(self, new_text: str) -> None:
+        # Knuth-Morris-Pratt: work in proportion to the new text, whatever the stop sequences' length (testing every
+        # prefix of every stop sequence at each token was quadratic in their length, on the event loop)
+        for i, (stop, border) in enumerate(zip(self.stops, self.borders)):
+            k = self.matched[i]
+            for char in new_text:
+                if k == len(stop):
+                    k = border[k - 1]
+                while k and stop[k] != char:
+                    k = border[k - 1]
+                k += stop[k] == char
+            self.matched[i] = k
+
+
+def _borders(s: str) -> list[int]:
+    """border[i]: the length of the longest proper prefix of s[:i + 1] that is also its suffix."""
+    border, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = border[k - 1]
+        k += s[i] == s[k]
+        border[i] = k
+    return border
 
 
 def usage(seq: Sequence, completion_tokens: int) -> dict:
