@@ -116,3 +116,15 @@ def test_batched_sampling_draws_from_each_rows_truncated_distribution(kind, para
         tokens = sample(logits[row].expand(draws, -1), [p] * draws, grid, kind)
         shares = torch.bincount(tokens, minlength=50).float() / draws
         assert shares.tolist() == pytest.approx(reference_distribution(logits[row], p).tolist(), abs=1.5 / draws)
+
+
+@pytest.mark.parametrize("kind, params", [("top_p", dict(top_p=0.5)), ("top_k", dict(top_k=3)),
+                                          ("full", dict(temperature=1.0))])
+def test_a_uniform_just_below_one_never_picks_a_token_without_probability(kind, params):
+    """1 - 1e-9 rounds to 1.0 in float32: the pick must stay inside the truncated distribution."""
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0, float("-inf")]])
+    p = SamplingParams(do_sample=True, **params)
+    allowed = reference_distribution(logits[0], p) > 0
+    assert torch.float32 == torch.tensor([1 - 1e-9]).dtype and torch.tensor([1 - 1e-9]).item() == 1.0
+    token = sample(logits, [p], [1 - 1e-9], kind)
+    assert allowed[token].all() and token.item() == int(allowed.nonzero().max())

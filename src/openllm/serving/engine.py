@@ -466,8 +466,11 @@ def sample(scores: torch.Tensor, params: list[SamplingParams], uniforms: list[fl
         probs = probs * (probs >= nucleus_threshold(probs, top_p))
     cumulative = probs.cumsum(dim=-1)
     u = torch.tensor(uniforms, device=device, dtype=cumulative.dtype)[:, None] * cumulative[:, -1:]
-    # the number of tokens whose cumulative mass is <= u; a binary search, as the cumulative sums never decrease
-    pick = torch.searchsorted(cumulative, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+    # the number of tokens whose cumulative mass is <= u; a binary search, as the cumulative sums never decrease.
+    # A uniform just below 1 can round to 1 in float32 (about once in 3e7 draws), so u can reach the total: the pick
+    # is kept at the last token that has any probability, never a filtered-out one after it.
+    last = (probs > 0).cumsum(dim=-1).argmax(dim=-1)
+    pick = torch.minimum(torch.searchsorted(cumulative, u, right=True)[:, 0], last)
     return pick if order is None else order.gather(1, pick[:, None])[:, 0]
 
 
