@@ -143,3 +143,30 @@ def test_one_protocol_router_alone(tiny):
         assert client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}).json() == {
             "generated_text": tokenizer.decode(expected, skip_special_tokens=True)}
         assert client.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT}).status_code == 404
+
+
+def test_failures_tell_the_client_nothing_internal(tiny, caplog):
+    """An unexpected exception in a route, and a batch that fails inside the engine: the client gets a 500 that says
+    where to look; the exception's text (here a path) reaches only the server's log."""
+    from openllm.serving.app import create_app
+
+    model, tokenizer = tiny
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    app = create_app(engine, ServerConfig(model_name="tiny"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        def broken_step(new):
+            raise RuntimeError("weights at /srv/secret/model.safetensors are corrupt")
+
+        engine._step = broken_step
+        out = client.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 4})
+        assert out.status_code == 500 and "secret" not in out.text
+        assert "Generation failed; the server's log has the details." in out.text
+
+        def broken_submit(*args, **kwargs):
+            raise KeyError("/srv/secret/config")
+
+        engine.submit = broken_submit
+        out = client.post("/generate", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 4}})
+        assert out.status_code == 500 and "secret" not in out.text
+        assert "Internal server error; the server's log has the details." in out.text
+    assert "/srv/secret/model.safetensors" in caplog.text and "/srv/secret/config" in caplog.text

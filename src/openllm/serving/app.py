@@ -9,6 +9,7 @@ clients are generated together in one batch; the event loop never runs the model
 
 import asyncio
 import hmac
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,8 @@ from . import chat_page, openai_routes, server_routes, tgi_routes
 from .api import APIError, Dispatcher, ServerConfig, error_response
 from .engine import Engine
 from .metrics import ServerMetrics
+
+logger = logging.getLogger("openllm.serve")
 
 ROUTES = ("/", "/generate", "/generate_stream", "/tokenize", "/info", "/health", "/metrics", "/model-info",
           "/v1/models", "/v1/completions", "/v1/chat/completions", "/chat")
@@ -74,7 +77,11 @@ async def http_error(request: Request, error: StarletteHTTPException):
 
 
 async def unexpected_error(request: Request, error: Exception):
-    return error_response(request.url.path, APIError(500, f"{type(error).__name__}: {error}", "internal"))
+    # the traceback goes to the server's log; the client learns only that it failed (an exception's text can hold
+    # paths, prompts of other requests or configuration)
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return error_response(request.url.path, APIError(500, "Internal server error; the server's log has the details.",
+                                                     "internal"))
 
 
 def is_public(method: str, path: str, headers: dict) -> bool:

@@ -70,6 +70,10 @@ class StepOutput:
     stop_index: Optional[int] = None  # with "stop_sequence": where the stop sequence begins in the full text
 
 
+# what a client is told when its batch failed; the exception itself goes to the server's log
+GENERATION_FAILED = "Generation failed; the server's log has the details."
+
+
 class QueueFullError(RuntimeError):
     pass
 
@@ -213,13 +217,13 @@ class Engine:
             try:
                 with torch.inference_mode():
                     self._step(new)
-            except Exception as e:  # a failing batch must not take the server down
+            except Exception:  # a failing batch must not take the server down
                 logger.exception("generation failed")
                 failed = []
                 for seq in self.running + [s for s in new if s not in self.running]:
                     if seq.finish_reason is None:
                         seq.finish_reason = "error"
-                        failed.append((seq, StepOutput(None, "", "error", error=f"{type(e).__name__}: {e}")))
+                        failed.append((seq, StepOutput(None, "", "error", error=GENERATION_FAILED)))
                 self._emit(failed)
                 self.running, self.cache, self.mask = [], None, None
             self._set_gauges()
