@@ -16,7 +16,7 @@ from trl import get_peft_config, get_quantization_config
 from ..data.post_training import check_dataset
 from ..data.tokenizer import save_tokenizer
 from ..evaluation.answers import answer_accuracy
-from ..evaluation.generation import scoring_mode as _scoring
+from ..evaluation.generation import scoring_mode
 from ..models import OpenLLMForCausalLM, get_preset_config, loading
 from ..tasks import ANSWER, load_post_dataset, make_example_tokenizer
 from . import run
@@ -146,7 +146,7 @@ def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int 
 
     pairs = [text(p, c) for p, c in zip(prompts, completions)]
     scores = []
-    with _scoring(model, tokenizer, "right"):
+    with scoring_mode(model, tokenizer, "right"):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             batch = tokenizer([full for _, full in chunk], return_tensors="pt", padding=True,
