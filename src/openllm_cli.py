@@ -20,6 +20,7 @@ import sys
 # YAML, then --key value overrides) and `main(*parsed)`.
 COMMANDS = {
     "tokenizer": ("openllm.data.tokenizer", "train a tokenizer (byte-level BPE, Unigram or characters)", None),
+    "prepare": ("openllm.data.prepare", "tokenize a corpus once into token shards that training memory-maps", None),
     "tasks": ("openllm.evaluation.checkable", "the checkable tasks: list them, write them as JSONL, score a model",
               None),
     "pretrain": ("openllm.training.pretrain",

@@ -59,17 +59,18 @@ class Corpus:
 
 
 def load_documents(source: str, text_column: str = "text", config_name: Optional[str] = None,
-                   splits: Optional[list[str]] = None, sample_by: str = "paragraph") -> "datasets.Dataset":
-    """Load `source` as a `datasets.Dataset` with a single string column, `text`.
+                   splits: Optional[list[str]] = None, sample_by: str = "paragraph", streaming: bool = False):
+    """Load `source` as a `datasets.Dataset` (an `IterableDataset` when `streaming`) with one string column, `text`.
 
     `text_column` names the column holding the text in Hub datasets and in .jsonl/.json/.parquet/.csv files;
-    .txt/.md files are split into documents by `sample_by` ("line", "paragraph" or "document").
+    .txt/.md files are split into documents by `sample_by` ("line", "paragraph" or "document"). Streaming reads
+    local files and Hub datasets as they come, without an Arrow copy on disk.
     """
     if source == BUILTIN_CORPUS:
         return python_docs_corpus()
     if _looks_local(source):
-        return _load_local(source, text_column, sample_by)
-    return _load_hub(source, text_column, config_name, splits)
+        return _load_local(source, text_column, sample_by, streaming)
+    return _load_hub(source, text_column, config_name, splits, streaming)
 
 
 def _looks_local(source: str) -> bool:
@@ -98,7 +99,7 @@ def _expand_files(source: str) -> list[str]:
     return sorted(files)
 
 
-def _load_local(source: str, text_column: str, sample_by: str):
+def _load_local(source: str, text_column: str, sample_by: str, streaming: bool = False):
     if sample_by not in ("line", "paragraph", "document"):
         raise ValueError(f"sample_by must be 'line', 'paragraph' or 'document', got {sample_by!r}.")
     by_builder: dict[str, list[str]] = {}
@@ -107,14 +108,15 @@ def _load_local(source: str, text_column: str, sample_by: str):
     parts = []
     for builder, files in sorted(by_builder.items()):
         kwargs = {"sample_by": sample_by} if builder == "text" else {}
-        ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+        ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
         parts.append(_select_text_column(ds, "text" if builder == "text" else text_column, f"{builder} files"))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _load_hub(source: str, text_column: str, config_name: Optional[str], splits: Optional[list[str]]):
+def _load_hub(source: str, text_column: str, config_name: Optional[str], splits: Optional[list[str]],
+              streaming: bool = False):
     try:
-        dsd = datasets.load_dataset(source, config_name)
+        dsd = datasets.load_dataset(source, config_name, streaming=streaming)
     except Exception as e:  # offline, unknown id, gated: all end here, so say what to do instead
         raise RuntimeError(
             f"Could not load the Hub dataset {source!r} ({type(e).__name__}: {e}). Check the id and your network, "
@@ -129,6 +131,8 @@ def _load_hub(source: str, text_column: str, config_name: Optional[str], splits:
 
 
 def _select_text_column(ds, column: str, where: str):
+    if ds.features is None:  # a stream whose schema is known only once read
+        ds = ds._resolve_features()
     if column not in ds.column_names:
         raise ValueError(f"Column {column!r} not found in {where}; available columns: {ds.column_names}. "
                          f"Set `text_column` to the one holding the text.")

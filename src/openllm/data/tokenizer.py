@@ -14,6 +14,7 @@ loads with `AutoTokenizer.from_pretrained` on transformers 4.57 and 5.x.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -157,6 +158,13 @@ def portable_tokenizer_config(folder) -> None:
             f.write("\n")
 
 
+def tokenizer_hash(tokenizer) -> str:
+    """A short hash of what the tokenizer does (its whole `tokenizer.json`), to tell a changed one from the same."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CLI: openllm tokenizer train ...
 
@@ -198,4 +206,4 @@ def run(args) -> int:
 
 
 __all__ = ["TOKENIZER_TYPES", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
-           "save_tokenizer", "build_tokenizer", "portable_tokenizer_config"]
+           "save_tokenizer", "build_tokenizer", "portable_tokenizer_config", "tokenizer_hash"]

@@ -20,6 +20,8 @@ from trl import RewardConfig as _RewardConfig
 from trl import ScriptArguments
 from trl import SFTConfig as _SFTConfig
 
+from ..data.arguments import DataArguments  # noqa: F401  (pretraining reads it from here too)
+
 TRANSFORMERS_4 = transformers.__version__.startswith("4.")
 
 
@@ -47,32 +49,6 @@ class RunArguments:
         if TRANSFORMERS_4 and self.activation_checkpointing is not None:
             self.gradient_checkpointing = self.activation_checkpointing
         super().__post_init__()
-
-
-@dataclass
-class DataArguments:
-    """Where the pretraining text comes from, how it is cleaned and split, and the tokenizer that encodes it."""
-
-    dataset_name: str = field(
-        default="rajpurkar/squad",
-        metadata={"help": "Hub dataset id, local file/folder/glob (.txt .md .jsonl .json .parquet .csv), or "
-                          "'builtin:python-docs' (the standard library's docstrings, offline)."})
-    dataset_config: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    dataset_splits: Optional[list[str]] = field(
-        default=None, metadata={"help": "Hub splits to read; all of them by default (the held-out split is ours)."})
-    text_column: str = field(default="context", metadata={"help": "Column holding the text (not used for .txt)."})
-    sample_by: str = field(
-        default="paragraph", metadata={"help": "How .txt/.md files split into documents: line, paragraph, document."})
-    min_chars: int = field(default=32, metadata={"help": "Drop documents shorter than this after cleaning."})
-    eval_fraction: float = field(default=0.01, metadata={"help": "Share of documents held out for validation."})
-    max_documents: Optional[int] = field(default=None, metadata={"help": "Use only the first N documents."})
-    block_size: int = field(default=1024, metadata={"help": "Tokens per packed training sequence."})
-    num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization and packing."})
-    tokenizer_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Trained tokenizer folder or Hub id. If unset, a tokenizer is trained on the "
-                                        "training split and saved with the model."})
-    tokenizer_type: str = field(default="bpe", metadata={"help": "Kind of tokenizer to train: bpe, unigram, char."})
-    vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size of the tokenizer to train."})
 
 
 @dataclass

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +31,8 @@ from trl import TrlParser
 
 from .. import atomic
 from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
+from ..data.prepare import PrepareArguments, prepare
+from ..data.prepared import TOKENIZER_DIR, PreparedDataset, check_compatible, is_prepared, read_manifest
 from ..data.tokenizer import save_tokenizer, train_tokenizer
 from ..evaluation.perplexity import evaluate_model
 from ..models import get_preset_config, loading
@@ -192,19 +195,83 @@ def metrics_before_training(trainer, eval_blocks) -> dict:
     return {names[k]: round(v, 4) for k, v in measured.items() if k in names}
 
 
-def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, training_args: PretrainConfig):
+def held_out_evaluation(model, tokenizer, data: "PretrainData", data_args: DataArguments,
+                        training_args: PretrainConfig):
     """`extras` for `run.save_final`: score held-out documents into `folder/eval_results.json` (with samples and a
     reliability diagram), which the model card then reports."""
     def evaluate(folder: Path):
-        texts = corpus.eval["text"][: training_args.final_eval_documents]
+        texts = data.eval_texts(training_args.final_eval_documents)
         prompts = [" ".join(t.split()[:6]) for t in texts[:3]]
         evaluate_model(model, tokenizer, texts, block_size=data_args.block_size, sample_prompts=prompts,
                        output_dir=str(folder), model_name=training_args.output_dir, show_progress=True,
                        dataset_info={"name": data_args.dataset_name, "split": "held-out", "documents": len(texts)})
 
-    if training_args.final_eval_documents and corpus.eval is not None:
+    if training_args.final_eval_documents and data.eval is not None:
         return evaluate
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The data: processed in memory, or prepared token shards
+
+
+@dataclass
+class PretrainData:
+    """What a run trains and evaluates on, whichever way it was made."""
+
+    train: object  # a map-style dataset of {"input_ids": block_size tokens}
+    eval: Optional[object]
+    tokenizer: object
+    stats: dict
+    sources: list[str]  # what the checkpoint records, so a resumed run sees the same data
+    eval_texts: object = field(default=lambda limit: [])  # limit → held-out documents' text
+
+
+def in_memory_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
+    """Load, clean, deduplicate, tokenize and pack in this process (cached by `datasets`): small corpora."""
+    with training_args.main_process_first(desc="data and tokenizer"):
+        corpus = load_corpus(data_args.dataset_name, data_args.text_column, config_name=data_args.dataset_config,
+                             splits=data_args.dataset_splits, sample_by=data_args.sample_by,
+                             min_chars=data_args.min_chars, eval_fraction=data_args.eval_fraction,
+                             max_documents=data_args.max_documents, num_proc=data_args.num_proc)
+        tokenizer = get_tokenizer(data_args, model_args, corpus, training_args.output_dir, max_length)
+        train_blocks, eval_blocks = pack_corpus(corpus, tokenizer, data_args.block_size, data_args.num_proc)
+    return PretrainData(train_blocks, eval_blocks, tokenizer, corpus.stats, [data_args.dataset_name],
+                        lambda limit: corpus.eval["text"][:limit] if corpus.eval is not None else [])
+
+
+def prepared_folder(data_args: DataArguments) -> Optional[str]:
+    """The prepared folder this run reads: `dataset_name` when it is one, else `prepared_data_dir`."""
+    if is_prepared(data_args.dataset_name):
+        return data_args.dataset_name
+    return data_args.prepared_data_dir
+
+
+def prepared_data(folder: str, data_args: DataArguments, model_args: ModelArguments, training_args):
+    """Memory-map token shards that `openllm prepare` wrote. A `prepared_data_dir` is prepared from the source first
+    by the main process, or continued, or found finished with these very settings (a cheap check)."""
+    if folder != data_args.dataset_name:
+        with training_args.main_process_first(desc="prepared data"):
+            prepare(data_args, PrepareArguments(output_dir=folder))
+    manifest = read_manifest(folder)
+    name = data_args.tokenizer_name_or_path or model_args.model_name_or_path or str(Path(folder) / TOKENIZER_DIR)
+    tokenizer = loading.load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
+    check_compatible(manifest, tokenizer, data_args.block_size, folder)
+    train = PreparedDataset(folder, "train", seed=training_args.seed)
+    if len(train) == 0:
+        raise ValueError(f"{folder} has no training row of {data_args.block_size} tokens.")
+    evaluation = PreparedDataset(folder, "eval") if manifest["stats"]["eval_rows"] else None
+    stats = {**manifest["stats"], "prepared_data": str(folder), "mixture": train.mixture()}
+    settings_hash = run.short_hash(manifest["settings"])
+    return PretrainData(train, evaluation, tokenizer, stats, [f"{folder} (prepared {settings_hash})"],
+                        evaluation.eval_texts if evaluation is not None else (lambda limit: []))
+
+
+def pretrain_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
+    folder = prepared_folder(data_args)
+    if folder is not None:
+        return prepared_data(folder, data_args, model_args, training_args)
+    return in_memory_data(data_args, model_args, training_args, max_length)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,7 +280,8 @@ def held_out_evaluation(model, tokenizer, corpus, data_args: DataArguments, trai
 
 def inputs_of(data_args: DataArguments, model_args: ModelArguments) -> list:
     """The paths a pretraining run reads, which `overwrite_output_dir` must never delete."""
-    return [model_args.model_name_or_path, data_args.tokenizer_name_or_path, data_args.dataset_name]
+    return [model_args.model_name_or_path, data_args.tokenizer_name_or_path, data_args.dataset_name,
+            data_args.prepared_data_dir]
 
 
 def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args: PretrainConfig,
@@ -224,21 +292,15 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     finished = run.prepare_output_dir(training_args, inputs=inputs_of(data_args, model_args))
     if finished is not None:
         return finished
-    output_dir = training_args.output_dir
 
     # Model configuration: checked before minutes of data processing, not after
     config = get_model_config(model_args)
     check_block_size(data_args.block_size, config)
 
     # Data and tokenizer
-    with training_args.main_process_first(desc="data and tokenizer"):
-        corpus = load_corpus(data_args.dataset_name, data_args.text_column, config_name=data_args.dataset_config,
-                             splits=data_args.dataset_splits, sample_by=data_args.sample_by,
-                             min_chars=data_args.min_chars, eval_fraction=data_args.eval_fraction,
-                             max_documents=data_args.max_documents, num_proc=data_args.num_proc)
-        tokenizer = get_tokenizer(data_args, model_args, corpus, output_dir, config.max_position_embeddings)
-        train_blocks, eval_blocks = pack_corpus(corpus, tokenizer, data_args.block_size, data_args.num_proc)
-    corpus.stats["vocab_size"] = len(tokenizer)
+    data = pretrain_data(data_args, model_args, training_args, config.max_position_embeddings)
+    tokenizer, train_blocks, eval_blocks = data.tokenizer, data.train, data.eval
+    data.stats["vocab_size"] = len(tokenizer)
 
     # Model
     model = get_model(model_args, config, tokenizer)
@@ -259,13 +321,13 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
         callbacks=callbacks,
-        eval_tokens_per_byte=corpus.stats.get("eval_tokens_per_byte"),
+        eval_tokens_per_byte=data.stats.get("eval_tokens_per_byte"),
         optimizers=create_optimizers(model, training_args),
     )
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
-    trainer.run_state["data"] = run.data_identity(datasets=[data_args.dataset_name], tokenizer=tokenizer,
-                                                  length=data_args.block_size)
+    trainer.run_state["data"] = run.data_identity(datasets=data.sources, tokenizer=tokenizer,
+                                                  length=data_args.block_size, global_order=True)
     checkpoint = run.resolve_checkpoint(training_args)
     initial = run.initial_metrics(trainer, checkpoint, lambda: metrics_before_training(trainer, eval_blocks))
     train_output = run.train(trainer, checkpoint)
@@ -273,7 +335,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     model.config.use_cache = True
     summary = run.training_summary(
         trainer, "pretrain", training_args, train_output, base_model=model_args.model_name_or_path,
-        datasets=[data_args.dataset_name], data=corpus.stats, metrics=metrics,
+        datasets=data.sources, data=data.stats, metrics=metrics,
         extra_args={"model_preset": None if model_args.model_name_or_path else model_args.model_preset,
                     "block_size": data_args.block_size,
                     "tokenizer_type": None if data_args.tokenizer_name_or_path else data_args.tokenizer_type,
@@ -281,7 +343,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
                     * training_args.gradient_accumulation_steps * training_args.world_size * data_args.block_size},
     )
     run.save_final(trainer, training_args, summary,
-                   extras=held_out_evaluation(model, tokenizer, corpus, data_args, training_args))
+                   extras=held_out_evaluation(model, tokenizer, data, data_args, training_args))
     if push:
         run.push(training_args, "pretrain")
     return summary

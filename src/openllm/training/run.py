@@ -39,7 +39,7 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import TrainOutput
 
 from .. import atomic
-from ..data.tokenizer import portable_tokenizer_config
+from ..data.tokenizer import portable_tokenizer_config, tokenizer_hash
 from ..hub.model_card import write_model_card
 from ..hub.push import push_folder
 from .allocator import reuse_freed_memory
@@ -294,17 +294,21 @@ def batch_identity(training_args) -> dict:
             * training_args.gradient_accumulation_steps * training_args.world_size}
 
 
-def tokenizer_hash(tokenizer) -> str:
-    """A short hash of what the tokenizer does (its whole `tokenizer.json`), to tell a changed one from the same."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def short_hash(obj) -> str:
+    """A short hash of a JSON-serialisable value, to tell a changed one from the same."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def data_identity(*, datasets, tokenizer, length: int) -> dict:
+def data_identity(*, datasets, tokenizer, length: int, global_order: bool = False) -> dict:
     """What a checkpoint records about the data, so a resumed run sees the same samples in the same order: the data
-    sources in order, the tokenizer, and the block (or maximum) length. The run layer adds the batch shape."""
-    return {"datasets": [str(d) for d in datasets], "tokenizer": tokenizer_hash(tokenizer), "length": length}
+    sources in order, the tokenizer, and the block (or maximum) length. The run layer adds the batch shape.
+
+    `global_order`: the run's samples come in an order that depends only on the seed and the global batch, not on
+    the number of processes, and nothing else random depends on the process (pretraining: a seeded sampler over a
+    map-style dataset, each rank taking its share of every global batch). Such a run resumes exactly on another
+    number of processes with the same global batch."""
+    identity = {"datasets": [str(d) for d in datasets], "tokenizer": tokenizer_hash(tokenizer), "length": length}
+    return {**identity, "global_order": True} if global_order else identity
 
 
 def check_resume(checkpoint, saved: Optional[dict], now: dict, training_args) -> None:
@@ -315,15 +319,19 @@ def check_resume(checkpoint, saved: Optional[dict], now: dict, training_args) ->
     if not saved or training_args.ignore_data_skip:
         return
     changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if saved[k] != now[k]}
+    if saved.get("global_order") and now.get("global_order") and "global_batch_size" not in changed:
+        changed.pop("world_size", None)  # the same global batches, split over another number of processes
     if not changed:
         return
     lines = "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in sorted(changed.items()))
+    same = ("the same global batch, per_device_train_batch_size × gradient_accumulation_steps × processes, on any "
+            "number of processes" if saved.get("global_order") else "the same number of processes, "
+            "per_device_train_batch_size and gradient_accumulation_steps")
     raise ValueError(
         f"Cannot resume {checkpoint} exactly: {lines} (checkpoint → this run). A resumed run skips the samples "
         "already seen by position, so it would train on other data than the run that wrote the checkpoint. Run with "
-        "the checkpoint's settings (the same number of processes, per_device_train_batch_size and "
-        "gradient_accumulation_steps), or pass --ignore_data_skip true to continue from its weights with the data "
-        "read from the start, or choose a new --output_dir to train afresh.")
+        f"the checkpoint's settings ({same}), or pass --ignore_data_skip true to continue from its weights with the "
+        "data read from the start, or choose a new --output_dir to train afresh.")
 
 
 def initial_metrics(trainer, checkpoint, measure: Callable[[], dict]) -> dict:
