@@ -334,6 +334,10 @@ def _pack_shard(shard: str, out_stem: str, block_size: int, packing: str, dtype:
     return stats
 
 
+def _pack_shard_task(task: tuple) -> dict:
+    return _pack_shard(*task)
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     import io
 
@@ -429,16 +433,26 @@ def prepare(args: DataArguments, options: PrepareArguments) -> dict:
             save_tokenizer(tokenizer, str(tmp))
 
     num_proc = args.num_proc or os.cpu_count() or 1
+    phases, mark = {}, time.perf_counter()
+
+    def phase(name):
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 2)
+        mark = now
+
     dtype = settings["dtype"]
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with context.Pool(num_proc, _init_worker, (str(out / TOKENIZER_DIR / "tokenizer.json"), tokenizer.eos_token_id,
                                                dtype, args.min_chars)) as pool:
         counts = tokenize_sources(sources, args, work, pool, num_proc, options.shard_bytes)
+        phase("tokenize")
         shards = [work / f"source-{s}" / f"{k:05d}" for s, n in enumerate(counts) for k in range(n)]
         split_file = work / "split.json"
         if not split_file.exists():
             atomic.write_json(split_file, split_and_deduplicate(shards, args.eval_tokens, options.memory_budget))
         split = json.loads(split_file.read_text())
+        phase("deduplicate")
         if split["eval_tokens"] == 0 and args.eval_tokens > 0:
             raise ValueError("No document was left for the held-out split.")
 
@@ -446,15 +460,18 @@ def prepare(args: DataArguments, options: PrepareArguments) -> dict:
         stems = [out / "train" / f"{s:02d}-{k:05d}" for s, n in enumerate(counts) for k in range(n)]
         todo = [(str(shard), str(stem), args.block_size, args.packing, dtype)
                 for shard, stem in zip(shards, stems) if not stem.with_name(stem.name + ".bin").exists()]
-        for _ in tqdm(pool.starmap(_pack_shard, todo, chunksize=1) if todo else [], desc="Packing", unit="shard",
+        for _ in tqdm(pool.imap_unordered(_pack_shard_task, todo), total=len(todo), desc="Packing", unit="shard",
                       disable=not todo):
             pass
+        phase("pack")
     if not (out / "eval" / "tokens.bin").exists():
         eval_stats = write_eval(shards, out / "eval", dtype, tokenizer)
         atomic.write_json(work / "eval.json", eval_stats)
     eval_stats = json.loads((work / "eval.json").read_text())
+    phase("eval")
     manifest = _manifest(out, settings, sources, counts, shards, stems, split, eval_stats,
                          time.perf_counter() - start)
+    manifest["phase_seconds"] = phases  # of this invocation: a resumed preparation times only what it redid
     atomic.write_json(out / MANIFEST, manifest, indent=1)
     shutil.rmtree(work)
     return manifest
