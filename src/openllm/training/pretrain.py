@@ -31,8 +31,9 @@ from trl import TrlParser
 
 from .. import atomic
 from ..data.corpus import bits_per_byte, load_corpus, pack_corpus
-from ..data.prepare import PrepareArguments, prepare
+from ..data.prepare import PrepareArguments, prepare, sources_of
 from ..data.prepared import TOKENIZER_DIR, PreparedDataset, check_compatible, is_prepared, read_manifest
+from ..data.streaming import StreamingDataset
 from ..data.tokenizer import save_tokenizer, train_tokenizer
 from ..evaluation.perplexity import evaluate_model
 from ..models import get_preset_config, loading
@@ -100,6 +101,14 @@ class PretrainTrainer(run.RunTrainerMixin, Trainer):
         if not self.args.disable_tqdm:
             self.remove_callback(ProgressCallback)
             self.add_callback(ThroughputProgressCallback)
+
+    def get_train_dataloader(self):
+        """A stream splits itself by rank and keeps its own position, so it is read by a plain loader in this
+        process (its background thread does the tokenizing), not sharded again by accelerate."""
+        if not isinstance(self.train_dataset, StreamingDataset):
+            return super().get_train_dataloader()
+        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                                           collate_fn=self.data_collator, num_workers=0)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
@@ -267,7 +276,36 @@ def prepared_data(folder: str, data_args: DataArguments, model_args: ModelArgume
                         evaluation.eval_texts if evaluation is not None else (lambda limit: []))
 
 
+def streaming_data(data_args: DataArguments, model_args: ModelArguments, training_args):
+    """Read, tokenize and pack the source on the fly, each rank its own part (`openllm.data.streaming`)."""
+    name = data_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if not name:
+        raise ValueError("streaming: true needs a trained tokenizer: set tokenizer_name_or_path (a stream cannot be "
+                         "read twice to train one first).")
+    if any(s.weight != 1.0 for s in sources_of(data_args)) and len(sources_of(data_args)) > 1:
+        raise ValueError("Mixture weights need prepared data (`openllm prepare`); a stream reads its sources one "
+                         "after another. Drop streaming, or the weights.")
+    if not training_args.max_steps or training_args.max_steps < 0:
+        raise ValueError("streaming: true needs max_steps: a stream has no length to count epochs by.")
+    tokenizer = loading.load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
+    sources = [(s.id, s.config, s.splits, s.text_column) for s in sources_of(data_args)]
+    stream = StreamingDataset(sources, tokenizer, data_args.block_size, rank=training_args.process_index,
+                              world_size=training_args.world_size, min_chars=data_args.min_chars,
+                              sample_by=data_args.sample_by, eval_tokens=data_args.eval_tokens)
+    evaluation = [{"input_ids": row} for row in stream.eval_rows] or None
+    eval_bytes = sum(len(t.encode("utf-8")) for t in stream.eval_texts)
+    eval_tokens = len(stream.eval_rows) * data_args.block_size
+    stats = {"streaming": True, "eval_documents": len(stream.eval_texts), "eval_rows": len(stream.eval_rows),
+             "eval_tokens_per_byte": (sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
+                                          for t in stream.eval_texts) / max(eval_bytes, 1)),
+             "eval_tokens": eval_tokens}
+    return PretrainData(stream, evaluation, tokenizer, stats, [f"{s[0]} (stream)" for s in sources],
+                        lambda limit: stream.eval_texts[:limit])
+
+
 def pretrain_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
+    if data_args.streaming:
+        return streaming_data(data_args, model_args, training_args)
     folder = prepared_folder(data_args)
     if folder is not None:
         return prepared_data(folder, data_args, model_args, training_args)
@@ -327,7 +365,7 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
     trainer.run_state["data"] = run.data_identity(datasets=data.sources, tokenizer=tokenizer,
-                                                  length=data_args.block_size, global_order=True)
+                                                  length=data_args.block_size, global_order=not data_args.streaming)
     checkpoint = run.resolve_checkpoint(training_args)
     initial = run.initial_metrics(trainer, checkpoint, lambda: metrics_before_training(trainer, eval_blocks))
     train_output = run.train(trainer, checkpoint)

@@ -390,6 +390,7 @@ class RunTrainerMixin:
         self._resumed_state = read_run_state(resume_from_checkpoint)
         if resume_from_checkpoint:
             check_resume(resume_from_checkpoint, self._resumed_state.get("data"), self.run_state["data"], self.args)
+            self._restore_data_position()
         for key in ("initial_metrics", "expert_load_total", "train_runtime"):
             if key in self._resumed_state:
                 self.run_state[key] = self._resumed_state[key]
@@ -455,6 +456,22 @@ class RunTrainerMixin:
 
     # -- staged checkpoints -------------------------------------------------------------------------------------------
 
+    def _data_positions(self) -> Optional[list]:
+        """Every rank's position in a stream that keeps one (`state_dict(rows)`): the rows it consumed so far."""
+        if not hasattr(self.train_dataset, "load_state_dict"):
+            return None
+        rows = self.state.global_step * self.args.gradient_accumulation_steps * self.args.per_device_train_batch_size
+        from accelerate.utils import gather_object
+
+        return gather_object([self.train_dataset.state_dict(rows)])
+
+    def _restore_data_position(self) -> None:
+        """A stream resumes from its saved position instead of being read again from the start and skipped."""
+        positions = self._resumed_state.get("data_positions")
+        if positions is not None and hasattr(self.train_dataset, "load_state_dict"):
+            self.train_dataset.load_state_dict(positions[self.args.process_index])
+            self.args.ignore_data_skip = True  # the Trainer must not skip batches as well
+
     def _get_output_dir(self, trial):
         return self._staging_root or super()._get_output_dir(trial)
 
@@ -476,6 +493,7 @@ class RunTrainerMixin:
         # losses on any number of processes
         running = self._tr_loss_now
         pending = 0.0 if running is None else self.accelerator.gather(running.detach()).mean().item()
+        positions = self._data_positions()
         self.accelerator.wait_for_everyone()  # every rank has written its part of the checkpoint
         if self.args.should_save:
             os.makedirs(staged, exist_ok=True)
@@ -484,6 +502,7 @@ class RunTrainerMixin:
                 "train_runtime": self.run_state["train_runtime"] + time.perf_counter() - self._run_started,
                 "total_loss": self._total_loss_scalar, "pending_loss": pending,
                 "last_logged_step": self._globalstep_last_logged,
+                **({"data_positions": positions} if positions is not None else {}),
             })
             if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
                 self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir)
