@@ -31,6 +31,7 @@ def write_jsonl(path: Path, texts) -> Path:
 def corpus(tmp_path_factory):
     """Two sources: 1,500 documents with 100 repeated, and 500 others; and a tokenizer trained on them."""
     from helpers.text import sentences
+
     from openllm.data.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("prepare")
@@ -94,7 +95,8 @@ def test_rerun_changes_nothing_and_other_settings_are_refused(corpus):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     prepared(corpus, "rerun")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
-    with pytest.raises(ValueError, match=r"prepared with other settings \(block_size differ\).*--overwrite_output_dir"):
+    refusal = r"prepared with other settings \(block_size differ\).*--overwrite_output_dir"
+    with pytest.raises(ValueError, match=refusal):
         prepared(corpus, "rerun", block_size=32)
 
 
@@ -182,7 +184,8 @@ def test_a_killed_preparation_resumes_to_the_same_folder(corpus, tmp_path):
                "--tokenizer_name_or_path", corpus[0] / "tok", "--block_size", "64", "--eval_tokens", "1000",
                "--num_proc", "1", "--shard_bytes", "20000"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert subprocess.run([*map(str, command), "--output_dir", str(whole)], env=ENV, capture_output=True).returncode == 0
+    first = subprocess.run([*map(str, command), "--output_dir", str(whole)], env=ENV, capture_output=True)
+    assert first.returncode == 0
     process = subprocess.Popen([*map(str, command), "--output_dir", str(killed)], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     shards = killed / ".work" / "source-0"

@@ -2,34 +2,16 @@
 it trained on. And what it continues exactly: a 2-rank run killed and resumed on 2 ranks."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers.launch import openllm
 from helpers.recipes import RECIPES
 
-ROOT = Path(__file__).resolve().parents[2]
-FAULTS = ROOT / "tests" / "helpers" / "faults.py"
 MICRO = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
          "max_position_embeddings": 64}
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1",
-       "HF_HUB_OFFLINE": "1"}
-
-
-def openllm(fault: str, *argv, processes: int = 1, port: int = 29541) -> subprocess.CompletedProcess:
-    """`openllm ARGV` (through the fault injector), on `processes` DDP ranks over gloo when more than one."""
-    launch = [sys.executable]
-    if processes > 1:
-        launch += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", str(port)]
-    env = {k: v for k, v in ENV.items() if k != "OPENLLM_DEBUG"}
-    return subprocess.run([*launch, str(FAULTS), fault, *map(str, argv)], capture_output=True, text=True, env=env,
-                          timeout=400)
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +100,24 @@ def test_resume_with_another_batch_shape_or_length_is_refused(two_ranks, config)
     assert (f"Cannot resume {killed / 'checkpoint-2'} exactly: global_batch_size 8 → 4; world_size 2 → 1"
             in one_rank.stderr)
     assert "--ignore_data_skip true" in one_rank.stderr and "new --output_dir" in one_rank.stderr
-    # the same global batch on one process still reads the data in another order: refused as well
-    same_global = openllm("none", "pretrain", "--config", config, "--output_dir", killed,
-                          "--per_device_train_batch_size", 8)
-    assert same_global.returncode == 2 and "exactly: world_size 2 → 1 (checkpoint → this run)" in same_global.stderr
+    assert "the same global batch, per_device_train_batch_size × gradient_accumulation_steps × processes" \
+        in one_rank.stderr
     block = openllm("none", "pretrain", "--config", config, "--output_dir", killed, "--block_size", 16, processes=2,
                     port=29543)
     assert block.returncode != 0 and "exactly: length 32 → 16" in block.stderr  # torchrun: 1 for any failure
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2"]  # nothing was touched
+
+
+def test_resume_on_one_process_with_the_same_global_batch_continues_exactly(two_ranks, config, tmp_path):
+    """Pretraining's sample order depends on the seed and the global batch only: 2 ranks × 4, killed, continue on
+    1 process × 8 as the uninterrupted 2-rank run."""
+    full, killed = two_ranks
+    resumed = tmp_path / "resumed"
+    shutil.copytree(killed, resumed)
+    run = openllm("none", "pretrain", "--config", config, "--output_dir", resumed, "--per_device_train_batch_size", 8)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"Resuming from {resumed / 'checkpoint-2'}" in run.stderr
+    assert list(losses(resumed).values()) == pytest.approx(list(losses(full).values()), rel=1e-5)
 
 
 def test_resume_on_the_same_ranks_continues_exactly(two_ranks, config):
