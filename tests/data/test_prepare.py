@@ -222,3 +222,14 @@ def test_prepare_command_reads_a_pretraining_yaml_and_says_what_is_missing(corpu
     missing = subprocess.run([sys.executable, "-m", "openllm", "prepare", "--dataset_name", str(a),
                               "--output_dir", str(tmp_path / "x")], env=ENV, capture_output=True, text=True)
     assert missing.returncode == 2 and "needs a tokenizer: --tokenizer_name_or_path" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["pretrain_small", "pretrain_medium", "pretrain_large"])
+def test_the_big_recipes_prepare_their_data_from_a_stream(name):
+    from helpers.recipes import RECIPES
+    from openllm.data.prepare import make_parser
+
+    data, options = make_parser().parse_args_and_config(["--config", str(RECIPES / f"{name}.yaml")])
+    assert data.dataset_name == "HuggingFaceFW/fineweb-edu" and data.streaming and data.tokenizer_name_or_path
+    assert data.prepared_data_dir.startswith("data/fineweb-edu") and data.eval_tokens >= 1 << 20
+    assert options.output_dir is None  # the recipe's output_dir is the model's, not the shards'

@@ -44,8 +44,9 @@ class DataArguments:
         default=None, metadata={"help": "Train from token shards in this folder (`openllm prepare --config` writes "
                                         "them there); pretraining prepares them first when the folder is missing."})
     streaming: bool = field(
-        default=False, metadata={"help": "Read the source as a stream (Hub or local parquet/jsonl), tokenizing and "
-                                         "packing on the fly, for corpora too big to prepare."})
+        default=False, metadata={"help": "Read the source as a stream (Hub or local parquet/jsonl): into the prepared "
+                                         "folder when there is one (no full download first), else straight into "
+                                         "training, tokenizing and packing on the fly."})
     tokenizer_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Trained tokenizer folder or Hub id. If unset, a tokenizer is trained on the "
                                         "training split and saved with the model."})

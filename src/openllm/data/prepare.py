@@ -59,7 +59,8 @@ class PrepareArguments:
 
     output_dir: Optional[str] = field(
         default=None, metadata={"help": "Folder for the shards and manifest (default: prepared_data_dir)."})
-    shard_bytes: int = field(default=64 << 20, metadata={"help": "Characters of text per shard."})
+    shard_bytes: int = field(
+        default=32 << 20, metadata={"help": "Characters of text per shard: the unit of parallel work and resuming."})
     memory_budget: int = field(
         default=256 << 20, metadata={"help": "Bytes of document hashes held at once while deduplicating."})
     overwrite_output_dir: bool = field(
@@ -162,10 +163,15 @@ def _tokenize_shard(folder: str, texts: list[str]) -> dict:
     kept = [t for t in cleaned if len(t) >= min_chars]
     encoded_text = [t.encode("utf-8") for t in kept]
     digests = b"".join(hashlib.blake2b(b, digest_size=16).digest() for b in encoded_text)
-    encodings = _WORKER["tokenizer"].encode_batch(kept, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) + 1 for e in encodings), np.int64, len(encodings))
-    tokens = np.fromiter(itertools.chain.from_iterable((*e.ids, eos) for e in encodings), _WORKER["dtype"],
-                         int(lengths.sum()))
+    lengths, tokens = [], []
+    for a in range(0, len(kept), 256):  # a tokenizer `Encoding` weighs far more than its ids: a few at a time
+        encodings = _WORKER["tokenizer"].encode_batch(kept[a: a + 256], add_special_tokens=False)
+        n = np.fromiter((len(e.ids) + 1 for e in encodings), np.int64, len(encodings))
+        lengths.append(n)
+        tokens.append(np.fromiter(itertools.chain.from_iterable((*e.ids, eos) for e in encodings),
+                                  _WORKER["dtype"], int(n.sum())))
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    tokens = np.concatenate(tokens) if tokens else np.zeros(0, _WORKER["dtype"])
     hashes = np.empty(len(kept), HASH_RECORD)
     pairs = np.frombuffer(digests, ">u8").reshape(-1, 2) if kept else np.empty((0, 2), ">u8")
     hashes["hi"], hashes["lo"], hashes["doc"] = pairs[:, 0], pairs[:, 1], np.arange(len(kept))
@@ -215,7 +221,7 @@ def tokenize_sources(sources, args: DataArguments, work: Path, pool, num_proc: i
         progress = tqdm(desc=f"Tokenizing {source.id}", unit="shard", dynamic_ncols=True)
 
         for meta in _bounded(pool, _tokenize_shard, _unfinished(source, args, folder, shard_bytes, progress),
-                             in_flight=2 * num_proc):
+                             in_flight=num_proc + 2):
             progress.update()
             progress.set_postfix(tokens=f"{meta['tokens']:,}", refresh=False)
         progress.close()

@@ -232,8 +232,12 @@ class PretrainData:
     eval: Optional[object]
     tokenizer: object
     stats: dict
-    sources: list[str]  # what the checkpoint records, so a resumed run sees the same data
+    sources: list[str]  # the datasets, as the model card names them
     eval_texts: object = field(default=lambda limit: [])  # limit → held-out documents' text
+    identity: Optional[list[str]] = None  # what the checkpoint records, so a resumed run sees the same data
+
+    def __post_init__(self):
+        self.identity = self.identity or self.sources
 
 
 def in_memory_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
@@ -258,10 +262,17 @@ def prepared_folder(data_args: DataArguments) -> Optional[str]:
 
 def prepared_data(folder: str, data_args: DataArguments, model_args: ModelArguments, training_args):
     """Memory-map token shards that `openllm prepare` wrote. A `prepared_data_dir` is prepared from the source first
-    by the main process, or continued, or found finished with these very settings (a cheap check)."""
+    by the main process, or continued, or found finished with these very settings (a cheap check); the other
+    processes, on any node, only read it (so it must be on a shared filesystem, or copied to every node)."""
     if folder != data_args.dataset_name:
         with training_args.main_process_first(desc="prepared data"):
-            prepare(data_args, PrepareArguments(output_dir=folder))
+            if training_args.process_index == 0:
+                prepare(data_args, PrepareArguments(output_dir=folder))
+            elif not Path(folder, "manifest.json").exists():
+                raise FileNotFoundError(
+                    f"Process {training_args.process_index} finds no prepared data in {folder}: the main process "
+                    "prepared it on another node. Put prepared_data_dir on a shared filesystem, or copy it to every "
+                    "node (or prepare it there first with `openllm prepare --config ...`).")
     manifest = read_manifest(folder)
     name = data_args.tokenizer_name_or_path or model_args.model_name_or_path or str(Path(folder) / TOKENIZER_DIR)
     tokenizer = loading.load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
@@ -272,8 +283,9 @@ def prepared_data(folder: str, data_args: DataArguments, model_args: ModelArgume
     evaluation = PreparedDataset(folder, "eval") if manifest["stats"]["eval_rows"] else None
     stats = {**manifest["stats"], "prepared_data": str(folder), "mixture": train.mixture()}
     settings_hash = run.short_hash(manifest["settings"])
-    return PretrainData(train, evaluation, tokenizer, stats, [f"{folder} (prepared {settings_hash})"],
-                        evaluation.eval_texts if evaluation is not None else (lambda limit: []))
+    return PretrainData(train, evaluation, tokenizer, stats, [s["id"] for s in manifest["sources"]],
+                        evaluation.eval_texts if evaluation is not None else (lambda limit: []),
+                        identity=[f"{folder} (prepared {settings_hash})"])
 
 
 def streaming_data(data_args: DataArguments, model_args: ModelArguments, training_args):
@@ -299,16 +311,18 @@ def streaming_data(data_args: DataArguments, model_args: ModelArguments, trainin
              "eval_tokens_per_byte": (sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
                                           for t in stream.eval_texts) / max(eval_bytes, 1)),
              "eval_tokens": eval_tokens}
-    return PretrainData(stream, evaluation, tokenizer, stats, [f"{s[0]} (stream)" for s in sources],
-                        lambda limit: stream.eval_texts[:limit])
+    return PretrainData(stream, evaluation, tokenizer, stats, [s[0] for s in sources],
+                        lambda limit: stream.eval_texts[:limit], identity=[f"{s[0]} (stream)" for s in sources])
 
 
 def pretrain_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
-    if data_args.streaming:
-        return streaming_data(data_args, model_args, training_args)
+    """Prepared shards when the run names a prepared folder (`streaming` then reads the source into it as a
+    stream), else a stream when `streaming`, else the corpus processed in memory."""
     folder = prepared_folder(data_args)
     if folder is not None:
         return prepared_data(folder, data_args, model_args, training_args)
+    if data_args.streaming:
+        return streaming_data(data_args, model_args, training_args)
     return in_memory_data(data_args, model_args, training_args, max_length)
 
 
@@ -364,8 +378,9 @@ def pretrain(data_args: DataArguments, model_args: ModelArguments, training_args
     )
 
     # Train (resuming from the newest complete checkpoint), evaluate, save the finished folder, push
-    trainer.run_state["data"] = run.data_identity(datasets=data.sources, tokenizer=tokenizer,
-                                                  length=data_args.block_size, global_order=not data_args.streaming)
+    trainer.run_state["data"] = run.data_identity(datasets=data.identity, tokenizer=tokenizer,
+                                                  length=data_args.block_size,
+                                                  global_order=not isinstance(train_blocks, StreamingDataset))
     checkpoint = run.resolve_checkpoint(training_args)
     initial = run.initial_metrics(trainer, checkpoint, lambda: metrics_before_training(trainer, eval_blocks))
     train_output = run.train(trainer, checkpoint)
