@@ -153,7 +153,10 @@ def _init_worker(tokenizer_file: str, eos: int, dtype: str, min_chars: int) -> N
 
     # one process per core; the tokenizer's own threads would compete with the other workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(tokenizer=Tokenizer.from_file(tokenizer_file), eos=eos, dtype=np.dtype(dtype), min_chars=min_chars)
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    # the ids only: `encode_batch_fast` (tokenizers >= 0.20) skips the character offsets, about a third of the work
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    _WORKER.update(encode=encode, eos=eos, dtype=np.dtype(dtype), min_chars=min_chars)
 
 
 def _tokenize_shard(folder: str, texts: list[str]) -> dict:
@@ -165,7 +168,7 @@ def _tokenize_shard(folder: str, texts: list[str]) -> dict:
     digests = b"".join(hashlib.blake2b(b, digest_size=16).digest() for b in encoded_text)
     lengths, tokens = [], []
     for a in range(0, len(kept), 256):  # a tokenizer `Encoding` weighs far more than its ids: a few at a time
-        encodings = _WORKER["tokenizer"].encode_batch(kept[a: a + 256], add_special_tokens=False)
+        encodings = _WORKER["encode"](kept[a: a + 256], add_special_tokens=False)
         n = np.fromiter((len(e.ids) + 1 for e in encodings), np.int64, len(encodings))
         lengths.append(n)
         tokens.append(np.fromiter(itertools.chain.from_iterable((*e.ids, eos) for e in encodings),

@@ -77,14 +77,6 @@ def _decode_step_mask(config, attention_mask, past_key_values, seq_len):
     return None if attention_mask.all() else attention_mask[:, None, None, :].bool()
 
 
-def _attention_function(implementation: Optional[str]) -> Callable:
-    if implementation in (None, "eager"):
-        return eager_attention_forward
-    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # 5.x
-        return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-    return ALL_ATTENTION_FUNCTIONS[implementation]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,8 +280,12 @@ class OpenLLMAttention(nn.Module):
             cache_kwargs = None if cache_position is None else {"cache_position": cache_position}
             key, value = past_key_values.update(key, value, self.layer_idx, cache_kwargs)
 
-        attention = _attention_function(self.config._attn_implementation)
-        attn_output, attn_weights = attention(
+        # written as transformers' own models write it (a local taken from the registry, called once): engines
+        # such as vLLM and SGLang read this method's source to find where to put their own attention
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation not in (None, "eager"):
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
         )
@@ -456,6 +452,17 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _supports_cache_class = True
     _supports_static_cache = True
+    # every class this file ships, under its Auto class: engines that build the base model themselves (vLLM's
+    # transformers backend calls AutoModel) find it in a folder saved from any head
+    AUTO_MAP = {"AutoModel": "OpenLLMModel", "AutoModelForCausalLM": "OpenLLMForCausalLM",
+                "AutoModelForSequenceClassification": "OpenLLMForSequenceClassification"}
+
+    def save_pretrained(self, *args, **kwargs):
+        if getattr(type(self), "_auto_class", None) is not None:  # the folder carries this code
+            module = type(self).__module__.split(".")[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    **{auto: f"{module}.{name}" for auto, name in self.AUTO_MAP.items()}}
+        return super().save_pretrained(*args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
