@@ -222,8 +222,14 @@ def tokenize_sources(sources, args: DataArguments, work: Path, pool, num_proc: i
             continue
         folder = work / f"source-{s}"
         progress = tqdm(desc=f"Tokenizing {source.id}", unit="shard", dynamic_ncols=True)
+        chunk_bytes = shard_bytes
+        if source.id != BUILTIN_CORPUS and _looks_local(source.id):
+            # a small corpus still makes enough shards to keep every core busy (at least 16, of 1 MB or more);
+            # the size depends only on the files, so an interrupted preparation cuts the same shards again
+            size = sum(os.path.getsize(f) for f in _expand_files(source.id))
+            chunk_bytes = min(shard_bytes, max(1 << 20, size // 16))
 
-        for meta in _bounded(pool, _tokenize_shard, _unfinished(source, args, folder, shard_bytes, progress),
+        for meta in _bounded(pool, _tokenize_shard, _unfinished(source, args, folder, chunk_bytes, progress),
                              in_flight=num_proc + 2):
             progress.update()
             progress.set_postfix(tokens=f"{meta['tokens']:,}", refresh=False)
