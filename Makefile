@@ -80,7 +80,7 @@ $(VENV_VLLM)/.installed: pyproject.toml | $(VENV_VLLM)/bin/python
 	touch $@
 
 test-vllm: install-vllm
-	$(VENV_VLLM)/bin/python -m pytest tests/vllm -m vllm -q -p no:cacheprovider
+	$(VENV_VLLM)/bin/python -m pytest tests/engines -m vllm -q -p no:cacheprovider
 
 quickstart: install
 	$(BIN)/python recipes/pretrain.py --config recipes/pretrain_quickstart.yaml

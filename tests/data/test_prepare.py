@@ -227,6 +227,7 @@ def test_prepare_command_reads_a_pretraining_yaml_and_says_what_is_missing(corpu
 @pytest.mark.parametrize("name", ["pretrain_small", "pretrain_medium", "pretrain_large"])
 def test_the_big_recipes_prepare_their_data_from_a_stream(name):
     from helpers.recipes import RECIPES
+
     from openllm.data.prepare import make_parser
 
     data, options = make_parser().parse_args_and_config(["--config", str(RECIPES / f"{name}.yaml")])

@@ -65,13 +65,17 @@ def killed_and_resumed(config, out, *, processes=1, port=29561):
 # Prepared shards
 
 
-@pytest.fixture(scope="module")
-def prepared_full(data):
-    config = recipe(data, "prepared", dataset_name=str(data / "prepared"))
-    out = data / "prepared-full"
+def uninterrupted(root, name: str, **settings):
+    """(recipe, folder) of a run that was never stopped."""
+    config, out = recipe(root, name, **settings), root / f"{name}-full"
     run = openllm("none", "pretrain", "--config", config, "--output_dir", out)
     assert run.returncode == 0, run.stderr[-3000:]
     return config, out
+
+
+@pytest.fixture(scope="module")
+def prepared_full(data):
+    return uninterrupted(data, "prepared", dataset_name=str(data / "prepared"))
 
 
 def test_prepared_run_reports_its_data(prepared_full, data):
@@ -140,12 +144,8 @@ json.dump([len(dataset), rows], open({str(tmp_path)!r} + f"/rank{{accelerator.pr
 
 @pytest.fixture(scope="module")
 def streamed_full(data):
-    config = recipe(data, "stream", dataset_name=str(data / "parquet"), text_column="text", streaming=True,
-                    tokenizer_name_or_path=str(data / "tok"), eval_tokens=300)
-    out = data / "stream-full"
-    run = openllm("none", "pretrain", "--config", config, "--output_dir", out)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return config, out
+    return uninterrupted(data, "stream", dataset_name=str(data / "parquet"), text_column="text", streaming=True,
+                         tokenizer_name_or_path=str(data / "tok"), eval_tokens=300)
 
 
 def test_stream_killed_resumes_from_its_position_exactly(streamed_full, tmp_path):

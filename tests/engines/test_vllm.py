@@ -1,6 +1,7 @@
 """vLLM serves OpenLLM folders: natively, through its transformers backend (`model_impl="transformers"`, dense and
 MoE), and converted to Llama/Mixtral; greedy tokens equal transformers'. Its OpenAI server answers the `openai`
-client with the same text. Runs in the vLLM environment: `make install-vllm && make test-vllm`."""
+client with the same text. Runs in the vLLM environment: `make install-vllm && make test-vllm`. (This folder is not
+named `vllm`: with tests/ on sys.path, it would shadow the package for every other test.)"""
 
 import json
 import os
