@@ -10,6 +10,8 @@ import yaml
 from helpers.launch import openllm
 from helpers.recipes import RECIPES
 
+from openllm.training.arguments import TRANSFORMERS_4
+
 MICRO = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1,
          "max_position_embeddings": 64}
 
@@ -100,8 +102,9 @@ def test_resume_with_another_batch_shape_or_length_is_refused(two_ranks, config)
     assert (f"Cannot resume {killed / 'checkpoint-2'} exactly: global_batch_size 8 → 4; world_size 2 → 1"
             in one_rank.stderr)
     assert "--ignore_data_skip true" in one_rank.stderr and "new --output_dir" in one_rank.stderr
-    assert "the same global batch, per_device_train_batch_size × gradient_accumulation_steps × processes" \
-        in one_rank.stderr
+    same = ("the same number of processes, per_device_train_batch_size" if TRANSFORMERS_4 else
+            "the same global batch, per_device_train_batch_size × gradient_accumulation_steps × processes")
+    assert same in one_rank.stderr
     block = openllm("none", "pretrain", "--config", config, "--output_dir", killed, "--block_size", 16, processes=2,
                     port=29543)
     assert block.returncode != 0 and "exactly: length 32 → 16" in block.stderr  # torchrun: 1 for any failure
@@ -110,11 +113,14 @@ def test_resume_with_another_batch_shape_or_length_is_refused(two_ranks, config)
 
 def test_resume_on_one_process_with_the_same_global_batch_continues_exactly(two_ranks, config, tmp_path):
     """Pretraining's sample order depends on the seed and the global batch only: 2 ranks × 4, killed, continue on
-    1 process × 8 as the uninterrupted 2-rank run."""
+    1 process × 8 as the uninterrupted 2-rank run (transformers 5; 4.57 refuses)."""
     full, killed = two_ranks
     resumed = tmp_path / "resumed"
     shutil.copytree(killed, resumed)
     run = openllm("none", "pretrain", "--config", config, "--output_dir", resumed, "--per_device_train_batch_size", 8)
+    if TRANSFORMERS_4:  # 4.57 resumed in another order: refused there
+        assert run.returncode == 2 and "exactly: world_size 2 → 1 (checkpoint → this run)" in run.stderr
+        return
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"Resuming from {resumed / 'checkpoint-2'}" in run.stderr
     assert list(losses(resumed).values()) == pytest.approx(list(losses(full).values()), rel=1e-5)
