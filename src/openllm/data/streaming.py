@@ -54,10 +54,14 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     # -- the stream -----------------------------------------------------------------------------------------------
 
-    def _stream(self, source: int):
+    def _read(self, source: int):
+        """The source as a stream of documents, whole (before the split by rank)."""
         name, config, splits, text_column = self.sources[source]
-        ds = load_documents(name, text_column, config_name=config, splits=splits, sample_by=self.sample_by,
-                            streaming=True)
+        return load_documents(name, text_column, config_name=config, splits=splits, sample_by=self.sample_by,
+                              streaming=True)
+
+    def _stream(self, source: int):
+        ds = self._read(source)
         return split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size) if self.world_size > 1 else ds
 
     def _clean(self, text: Optional[str]) -> Optional[str]:
@@ -66,8 +70,9 @@ class StreamingDataset(torch.utils.data.IterableDataset):
 
     def _read_eval(self, eval_tokens: int):
         if eval_tokens <= 0:
+            self.eval_tokens = self.eval_bytes = 0
             return [], [], set()
-        ds = load_documents(*self._source_args(0), streaming=True)
+        ds = self._read(0)
         texts, tokens = [], []
         for example in ds:
             text = self._clean(example["text"])
@@ -77,13 +82,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             tokens.extend(self.backend.encode(text, add_special_tokens=False).ids + [self.eos])
             if len(tokens) >= eval_tokens:
                 break
+        self.eval_tokens, self.eval_bytes = len(tokens), sum(len(t.encode("utf-8")) for t in texts)
         n = len(tokens) // self.block_size
         rows = [torch.tensor(tokens[i * self.block_size: (i + 1) * self.block_size]) for i in range(n)]
         return rows, texts, {_digest(t) for t in texts}
-
-    def _source_args(self, source: int):
-        name, config, splits, text_column = self.sources[source]
-        return name, text_column, config, splits, self.sample_by
 
     def _documents(self, position: dict) -> Iterator[tuple[dict, list[int]]]:
         """(position before the document, its tokens + EOS) from `position` on, forever, tokenized in batches."""

@@ -294,25 +294,23 @@ def streaming_data(data_args: DataArguments, model_args: ModelArguments, trainin
     if not name:
         raise ValueError("streaming: true needs a trained tokenizer: set tokenizer_name_or_path (a stream cannot be "
                          "read twice to train one first).")
-    if any(s.weight != 1.0 for s in sources_of(data_args)) and len(sources_of(data_args)) > 1:
+    sources = sources_of(data_args)
+    if len(sources) > 1 and any(s.weight != 1.0 for s in sources):
         raise ValueError("Mixture weights need prepared data (`openllm prepare`); a stream reads its sources one "
                          "after another. Drop streaming, or the weights.")
     if not training_args.max_steps or training_args.max_steps < 0:
         raise ValueError("streaming: true needs max_steps: a stream has no length to count epochs by.")
     tokenizer = loading.load_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
-    sources = [(s.id, s.config, s.splits, s.text_column) for s in sources_of(data_args)]
-    stream = StreamingDataset(sources, tokenizer, data_args.block_size, rank=training_args.process_index,
+    stream = StreamingDataset([(s.id, s.config, s.splits, s.text_column) for s in sources], tokenizer,
+                              data_args.block_size, rank=training_args.process_index,
                               world_size=training_args.world_size, min_chars=data_args.min_chars,
                               sample_by=data_args.sample_by, eval_tokens=data_args.eval_tokens)
     evaluation = [{"input_ids": row} for row in stream.eval_rows] or None
-    eval_bytes = sum(len(t.encode("utf-8")) for t in stream.eval_texts)
-    eval_tokens = len(stream.eval_rows) * data_args.block_size
     stats = {"streaming": True, "eval_documents": len(stream.eval_texts), "eval_rows": len(stream.eval_rows),
-             "eval_tokens_per_byte": (sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
-                                          for t in stream.eval_texts) / max(eval_bytes, 1)),
-             "eval_tokens": eval_tokens}
-    return PretrainData(stream, evaluation, tokenizer, stats, [s[0] for s in sources],
-                        lambda limit: stream.eval_texts[:limit], identity=[f"{s[0]} (stream)" for s in sources])
+             "eval_tokens_per_byte": stream.eval_tokens / max(stream.eval_bytes, 1),
+             "eval_tokens": len(stream.eval_rows) * data_args.block_size}
+    return PretrainData(stream, evaluation, tokenizer, stats, [s.id for s in sources],
+                        lambda limit: stream.eval_texts[:limit], identity=[f"{s.id} (stream)" for s in sources])
 
 
 def pretrain_data(data_args: DataArguments, model_args: ModelArguments, training_args, max_length: int):
