@@ -166,7 +166,8 @@ def test_stream_bytes(server):
         "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 256. Given: 1 `inputs` "
                  "tokens and 999 `max_new_tokens`; lower `max_new_tokens` or shorten the input.",
         "error_type": "validation"}
-    assert client.post("/generate_stream", content=b"{").status_code == 422  # an unparsable body is refused at once
+    unparsable = client.post("/generate_stream", content=b"{", headers={"Content-Type": "application/json"})
+    assert unparsable.status_code == 422  # refused at once
 
 
 def test_info_health_tokenize(server):

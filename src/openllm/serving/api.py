@@ -26,6 +26,9 @@ class ServerConfig:
     model_info: Optional[dict] = None
     ui: bool = True  # the chat page at /chat (and at / for browsers)
     abstain_below: Optional[float] = None  # default confidence threshold of every request (`--abstain-below`)
+    # `Host` header names accepted (without port); None accepts any. A server bound to loopback accepts only local
+    # names, so that a web page cannot reach it through DNS rebinding
+    allowed_hosts: Optional[frozenset] = None
 
     def threshold(self, requested: Optional[float]) -> Optional[float]:
         return self.abstain_below if requested is None else requested
@@ -66,7 +69,13 @@ def error_response(path: str, error: APIError) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int):
-    """The parsed JSON body, refused with 413 over `limit` bytes and with 422 (TGI) or 400 (OpenAI) if not JSON."""
+    """The parsed JSON body, refused with 415 unless sent as `application/json` (a page on another site can post
+    `text/plain` to a local server without the browser asking it first), with 413 over `limit` bytes and with 422
+    (TGI) or 400 (OpenAI) if not JSON."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(415, f"Send the body as JSON with the header `Content-Type: application/json` (got "
+                            f"{f'`{media_type}`' if media_type else 'no Content-Type'}).")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"Request body is {declared} bytes; the limit is {limit} bytes.")
@@ -99,6 +108,20 @@ def validate(request: Request, data, schema: type[BaseModel], expected: str = ""
 
 async def read_json(request: Request, schema: type[BaseModel], limit: int) -> BaseModel:
     return validate(request, await read_body(request, limit), schema)
+
+
+async def off_loop(function, *args):
+    """`function(*args)` in a worker thread: tokenizing and templating a long prompt takes the CPU for a while, and
+    the event loop must keep answering every other request (and `/health`) meanwhile."""
+    return await asyncio.to_thread(function, *args)
+
+
+def check_prompt_chars(chars: int, engine: Engine, param: str, status: int) -> None:
+    """Refuse, before any tokenizing, a text too long to fit the context whatever it tokenizes to."""
+    if chars > engine.max_prompt_chars:
+        raise APIError(status, f"`{param}` has {chars:,} characters, more than a prompt that fits the model's context "
+                               f"of {engine.context_length} tokens can have ({engine.max_prompt_chars:,}); shorten "
+                               "it.", param=param)
 
 
 def check_length(prompt_ids: list[int], max_new_tokens: Optional[int], param: str, new_param: str, status: int,

@@ -113,6 +113,13 @@ class GuardMiddleware:
 
         try:
             headers = dict(scope["headers"])
+            if not self._host_allowed(headers):
+                hosts = ", ".join(sorted(self.config.allowed_hosts))
+                response = error_response(path, APIError(
+                    400, f"This server answers only requests addressed to {hosts} (it is bound to loopback); "
+                         "start it with --allowed-hosts NAME to accept another `Host`.", "validation"))
+                await response(scope, receive, send_and_record)
+                return
             if self.config.api_key and not is_public(scope["method"], path, headers) and \
                     not self._authorized(headers):
                 response = error_response(path, APIError(
@@ -123,6 +130,13 @@ class GuardMiddleware:
         finally:
             self.metrics.requests.labels(route=route, status=str(status["code"])).inc()
             self.metrics.request_latency.labels(route=route).observe(time.perf_counter() - started)
+
+    def _host_allowed(self, headers: dict) -> bool:
+        if self.config.allowed_hosts is None:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]  # without port
+        return name in self.config.allowed_hosts
 
     def _authorized(self, headers: dict) -> bool:
         value = headers.get(b"authorization", b"").decode("latin-1")

@@ -25,6 +25,9 @@ def add_arguments(parser):
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: loopback only; use 0.0.0.0 to accept remote clients)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--allowed-hosts", nargs="+", default=None, metavar="NAME",
+                        help="`Host` header names to accept besides the local ones when bound to loopback (for a "
+                             "reverse proxy that passes its own name); elsewhere every name is accepted")
     add_loading_arguments(parser)
     parser.add_argument("--served-model-name", default=None, help="name reported by /info and /v1/models")
     parser.add_argument("--max-batch-size", type=int, default=32, help="requests generated together at most")
@@ -33,6 +36,9 @@ def add_arguments(parser):
     parser.add_argument("--max-new-tokens", type=int, default=256,
                         help="tokens generated when a request does not say (capped by the context window)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    parser.add_argument("--max-prefill-tokens", type=int, default=4096,
+                        help="prompt tokens (padding included) prefilled together in one step at most, so that a "
+                             "burst of long prompts is admitted over several steps; a longer prompt runs alone")
     parser.add_argument("--api-key", default=os.environ.get("OPENLLM_API_KEY"),
                         help="require `Authorization: Bearer KEY` on every route but /health "
                              "(default: $OPENLLM_API_KEY; none means no authentication)")
@@ -73,13 +79,26 @@ def context_length(model, tokenizer) -> int:
 
 
 def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
-              max_new_tokens=256, max_body_bytes=1 << 20, api_key=None, ui=True, abstain_below=None):
+              max_new_tokens=256, max_body_bytes=1 << 20, max_prefill_tokens=4096, api_key=None, ui=True,
+              abstain_below=None, allowed_hosts=None):
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
-                    context_length=context_length(model, tokenizer), metrics=ServerMetrics())
+                    context_length=context_length(model, tokenizer), max_prefill_tokens=max_prefill_tokens,
+                    metrics=ServerMetrics())
     config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
                           default_max_new_tokens=max_new_tokens, model_info=info, ui=ui,
-                          abstain_below=abstain_below)
+                          abstain_below=abstain_below, allowed_hosts=allowed_hosts)
     return create_app(engine, config)
+
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def allowed_hosts(host: str, extra) -> frozenset | None:
+    """The `Host` names a server bound to `host` answers: on loopback the local names (and `extra`), so that a web
+    page whose name resolves to 127.0.0.1 (DNS rebinding) cannot read the answers; elsewhere any name."""
+    if not _is_loopback(host):
+        return None
+    return frozenset(name.lower() for name in (*LOCAL_NAMES, host, *(extra or ())))
 
 
 def _is_loopback(host: str) -> bool:
@@ -94,7 +113,8 @@ def run(args):
     log = logging.getLogger("openllm.serve")
     for name, value in (("--max-batch-size", args.max_batch_size), ("--num-threads", args.num_threads or 1),
                         ("--max-queue-size", args.max_queue_size),
-                        ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes)):
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-body-bytes", args.max_body_bytes),
+                        ("--max-prefill-tokens", args.max_prefill_tokens)):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
     if args.abstain_below is not None:
@@ -111,6 +131,7 @@ def run(args):
              f"{info['num_parameters']:,}", info["dtype"], info["device"])
     app = build_app(model, tokenizer, args.served_model_name or args.model, info,
                     max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
-                    max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes, api_key=args.api_key,
-                    ui=not args.no_ui, abstain_below=args.abstain_below)
+                    max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes,
+                    max_prefill_tokens=args.max_prefill_tokens, api_key=args.api_key, ui=not args.no_ui,
+                    abstain_below=args.abstain_below, allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

@@ -131,13 +131,18 @@ class Engine:
     """Runs generation for many concurrent requests in one worker thread. `submit` is thread-safe."""
 
     def __init__(self, model, tokenizer, max_batch_size: int = 32, max_queue_size: int = 256,
-                 context_length: Optional[int] = None, metrics=None):
+                 context_length: Optional[int] = None, max_prefill_tokens: int = 4096, metrics=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_batch_size = max_batch_size
         self.max_queue_size = max_queue_size
         self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
+        self.max_prefill_tokens = max_prefill_tokens
+        # no text longer than this fits the context: a token stands for at most as many characters as its longest
+        # vocabulary entry spells (bytes, for byte-level vocabularies), doubled for normalizers that drop characters
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = 2 * self.context_length * max(longest, 1)
         self.metrics = metrics
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
@@ -206,13 +211,7 @@ class Engine:
                     self._cond.wait()
                 if self._stopped:
                     return
-                new = []
-                while self.waiting and len(self.running) + len(new) < self.max_batch_size:
-                    seq = self.waiting.popleft()
-                    if seq.cancelled:
-                        self._finish(seq, "cancelled")
-                    else:
-                        new.append(seq)
+                new = self._admit()
                 self._set_gauges()
             try:
                 with torch.inference_mode():
@@ -227,6 +226,22 @@ class Engine:
                 self._emit(failed)
                 self.running, self.cache, self.mask = [], None, None
             self._set_gauges()
+
+    def _admit(self) -> list[Sequence]:
+        """Waiting requests to prefill this step: while batch slots are free and the prefill, padded to its longest
+        prompt, stays within `max_prefill_tokens` (a longer prompt alone), so a burst of long prompts neither holds
+        the running requests back for long nor takes memory in proportion to the whole burst."""
+        new, longest = [], 0
+        while self.waiting and len(self.running) + len(new) < self.max_batch_size:
+            seq = self.waiting[0]
+            if seq.cancelled:
+                self._finish(self.waiting.popleft(), "cancelled")
+                continue
+            if new and max(longest, len(seq.prompt_ids)) * (len(new) + 1) > self.max_prefill_tokens:
+                break
+            longest = max(longest, len(seq.prompt_ids))
+            new.append(self.waiting.popleft())
+        return new
 
     def _set_gauges(self):
         if self.metrics is not None:
@@ -255,6 +270,19 @@ class Engine:
         self._advance(self.running, out.logits[:, -1])
 
     def _prefill(self, new: list[Sequence]):
+        """Prefill the new rows together, except those asking for their prompt's log-probabilities: full-vocabulary
+        logits at every position are computed for them only, one row at a time."""
+        plain = [s for s in new if not s.params.prefill_logprobs]
+        groups = ([plain] if plain else []) + [[s] for s in new if s.params.prefill_logprobs]
+        for group in groups:
+            self._prefill_group(group)
+            now = time.perf_counter()
+            for seq in group:
+                seq.admitted_at = now
+        if self.metrics is not None:
+            self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
+
+    def _prefill_group(self, new: list[Sequence]):
         length = max(len(s.prompt_ids) for s in new)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.tensor([[pad] * (length - len(s.prompt_ids)) + s.prompt_ids for s in new],
@@ -263,31 +291,23 @@ class Engine:
                             device=self.device)
         # explicit positions: a left-padded row must see the same positions as the same prompt unpadded
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        want_prefill = any(s.params.prefill_logprobs for s in new)
+        want_prefill = new[0].params.prefill_logprobs  # then `new` is that one row
         cache = _new_cache(self.model)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                          use_cache=True, logits_to_keep=0 if want_prefill else 1, **{CACHE: cache})
         if want_prefill:
-            self._prefill_tokens(new, out.logits, length)
-        now = time.perf_counter()
-        for seq in new:
-            seq.admitted_at = now
-        if self.metrics is not None:
-            self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
+            self._prefill_tokens(new[0], out.logits[0])
         self._merge(new, output_cache(out), mask)
         self._advance(new, out.logits[:, -1])
 
-    def _prefill_tokens(self, new, logits, length):
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for row, seq in enumerate(new):
-            if not seq.params.prefill_logprobs:
-                continue
-            start = length - len(seq.prompt_ids)
-            ids = seq.prompt_ids
-            seq.prefill = [Token(ids[0], self.tokenizer.decode([ids[0]]), None, ids[0] in self.special_ids)]
-            for j in range(1, len(ids)):
-                lp = float(logprobs[row, start + j - 1, ids[j]])
-                seq.prefill.append(Token(ids[j], self.tokenizer.decode([ids[j]]), lp, ids[j] in self.special_ids))
+    def _prefill_tokens(self, seq: Sequence, logits: torch.Tensor):
+        ids = seq.prompt_ids
+        targets = torch.tensor(ids[1:], device=logits.device)
+        # log-probabilities of the prompt's own tokens only, without a log-softmax copy of every position's logits
+        logprobs = (logits[:-1].gather(1, targets[:, None])[:, 0].float() - logits[:-1].float().logsumexp(-1)).tolist()
+        texts = self._decode([[i] for i in ids], skip_special_tokens=False)
+        seq.prefill = [Token(ids[0], texts[0], None, ids[0] in self.special_ids)]
+        seq.prefill += [Token(i, text, lp, i in self.special_ids) for i, text, lp in zip(ids[1:], texts[1:], logprobs)]
 
     def _merge(self, new, cache, mask):
         """Append the freshly prefilled rows to the running batch, left-padding whichever cache is shorter."""
@@ -468,11 +488,12 @@ def sample(scores: torch.Tensor, params: list[SamplingParams], uniforms: list[fl
     elif kind == "top_p":  # the same set found without sorting the vocabulary (slow on CPU)
         # a product with the mask: over a whole vocabulary on CPU, `masked_fill` and `where` take 4x as long
         probs = probs * (probs >= nucleus_threshold(probs, top_p))
-    cumulative = probs.cumsum(dim=-1)
-    u = torch.tensor(uniforms, device=device, dtype=cumulative.dtype)[:, None] * cumulative[:, -1:]
-    # the number of tokens whose cumulative mass is <= u; a binary search, as the cumulative sums never decrease.
-    # A uniform just below 1 can round to 1 in float32 (about once in 3e7 draws), so u can reach the total: the pick
-    # is kept at the last token that has any probability, never a filtered-out one after it.
+    # in float64: a uniform just below 1 rounds to 1 in float32 (about once in 3e7 draws), which would pick the last
+    # token that has any probability, however small; in float64 the cumulative mass before that token stays above u
+    cumulative = probs.double().cumsum(dim=-1)
+    u = torch.tensor(uniforms, device=device, dtype=torch.float64)[:, None] * cumulative[:, -1:]
+    # the number of tokens whose cumulative mass is <= u: the first token past u, which has non-zero probability
+    # (a binary search, as the cumulative sums never decrease); kept at the last such token should u reach the total
     last = (probs > 0).cumsum(dim=-1).argmax(dim=-1)
     pick = torch.minimum(torch.searchsorted(cumulative, u, right=True)[:, 0], last)
     return pick if order is None else order.gather(1, pick[:, None])[:, 0]

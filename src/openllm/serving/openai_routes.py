@@ -19,8 +19,10 @@ from .api import (
     Generation,
     ServerConfig,
     check_length,
+    check_prompt_chars,
     collect,
     each,
+    off_loop,
     read_json,
 )
 from .engine import Engine, SamplingParams, Sequence, StepOutput
@@ -112,6 +114,15 @@ class OpenAIServing:
     def __init__(self, engine: Engine, config: ServerConfig, metrics: ServerMetrics):
         self.engine, self.config, self.metrics = engine, config, metrics
         self.tokenizer = engine.tokenizer
+
+    async def prepare(self, body: OpenAIRequest) -> tuple[list[int], SamplingParams]:
+        """The prompt's ids and sampling parameters: a text too long for the context is refused at once, and the
+        tokenizing and templating run off the event loop."""
+        if isinstance(body, CompletionRequest):
+            check_prompt_chars(len(body.prompt_text), self.engine, "prompt", 400)
+            return await off_loop(self.completion_prompt, body)
+        check_prompt_chars(sum(m.num_chars for m in body.messages), self.engine, "messages", 400)
+        return await off_loop(self.chat_prompt, body)
 
     def completion_prompt(self, body: CompletionRequest) -> tuple[list[int], SamplingParams]:
         prompt_ids = self.tokenizer(body.prompt_text)["input_ids"]
@@ -261,7 +272,7 @@ async def completions(request: Request):
     """OpenAI: complete a prompt."""
     openai = serving(request)
     body = await read_json(request, CompletionRequest, openai.config.max_body_bytes)
-    generation = openai.submit(*openai.completion_prompt(body))
+    generation = openai.submit(*await openai.prepare(body))
     return await openai.respond(request, body, generation, chat=False, prefix=body.prompt_text if body.echo else "")
 
 
@@ -270,7 +281,7 @@ async def chat_completions(request: Request):
     """OpenAI: answer a conversation, formatted with the tokenizer's chat template."""
     openai = serving(request)
     body = await read_json(request, ChatCompletionRequest, openai.config.max_body_bytes)
-    generation = openai.submit(*openai.chat_prompt(body))
+    generation = openai.submit(*await openai.prepare(body))
     return await openai.respond(request, body, generation, chat=True)
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..evaluation.confidence import check_threshold
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 1000  # per stop sequence: enough for any delimiter, and bounds the work each token costs
 MAX_TOP_N = 20
 MAX_BEST_OF = 2  # TGI's default --max-best-of
 
@@ -26,6 +27,17 @@ class _Abstain(BaseModel):
     @classmethod
     def _check_abstain_below(cls, value):
         return None if value is None else check_threshold(value)
+
+
+def check_stops(stop: Union[str, list[str], None]):
+    """A field validator of `stop`: at most MAX_STOP_SEQUENCES sequences of at most MAX_STOP_CHARS characters."""
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"`stop` takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}")
+    for one in stops:
+        if len(one) > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence has {len(one):,} characters; the limit is {MAX_STOP_CHARS:,}")
+    return stop
 
 
 def _unsupported(model: BaseModel, **neutral):
@@ -49,7 +61,8 @@ class TGIParameters(_Abstain, _Strict):
     do_sample: bool = False
     max_new_tokens: Optional[int] = Field(None, ge=1)
     return_full_text: Optional[bool] = None
-    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_SEQUENCES)
+    stop: list[str] = Field(default_factory=list)
+    _check_stop = field_validator("stop")(check_stops)
     truncate: Optional[int] = Field(None, ge=1)
     watermark: bool = False
     details: bool = False
@@ -94,11 +107,7 @@ class SeedRequest(_Abstain, _Strict):
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0, lt=2**63)
 
-    @model_validator(mode="after")
-    def _check(self):
-        if len(self.stop_list) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"`stop` takes at most {MAX_STOP_SEQUENCES} sequences, got {len(self.stop_list)}")
-        return self
+    _check_stop = field_validator("stop")(check_stops)
 
     @property
     def stop_list(self) -> list[str]:
@@ -151,11 +160,10 @@ class _OpenAISampling(_Abstain, _Strict):
     top_k: Optional[int] = Field(None, ge=0)
     repetition_penalty: Optional[float] = Field(None, gt=0, le=10)
 
+    _check_stop = field_validator("stop")(check_stops)
+
     @model_validator(mode="after")
-    def _check_stop(self):
-        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"`stop` takes at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}")
+    def _check_unsupported(self):
         _unsupported(self, logit_bias={})
         return self
 
@@ -195,6 +203,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")  # clients add fields such as `tool_calls: null`, `name`
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Union[str, list[TextPart], None] = None
+
+    @property
+    def num_chars(self) -> int:
+        content = self.content
+        return len(content) if isinstance(content, str) else sum(len(p.text) for p in content or [])
 
     def as_template_message(self) -> dict:
         content = self.content

@@ -23,8 +23,10 @@ from .api import (
     Generation,
     ServerConfig,
     check_length,
+    check_prompt_chars,
     collect,
     each,
+    off_loop,
     read_body,
     read_json,
     tgi_message,
@@ -61,6 +63,13 @@ class TGIServing:
         ids = self.tokenizer(body.inputs)["input_ids"]
         return ids[-body.parameters.truncate:] if body.parameters.truncate else ids
 
+    async def prepare(self, body: TGIRequest) -> list[int]:
+        """The prompt's ids: a text too long for the context is refused at once (unless truncated, as TGI does, in
+        which case it is capped at the body limit only), and the tokenizing runs off the event loop."""
+        if not body.parameters.truncate:
+            check_prompt_chars(len(body.inputs), self.engine, "inputs", 422)
+        return await off_loop(self.prompt_ids, body)
+
     def sampling_params(self, body: TGIRequest, prompt_ids: list[int]) -> SamplingParams:
         p = body.parameters
         max_new = check_length(prompt_ids, p.max_new_tokens, "inputs", "max_new_tokens", 422,
@@ -71,10 +80,9 @@ class TGIServing:
             frequency_penalty=p.frequency_penalty or 0.0, seed=p.seed, stop=p.stop, top_n=p.top_n_tokens or 0,
             prefill_logprobs=p.decoder_input_details)
 
-    def submit(self, body: TGIRequest) -> list[Generation]:
+    def submit(self, body: TGIRequest, prompt_ids: list[int]) -> list[Generation]:
         """The generations of a non-streaming request: one, or `best_of` independent samples (each with its own
         random seed), of which the best mean log-probability wins."""
-        prompt_ids = self.prompt_ids(body)
         params = self.sampling_params(body, prompt_ids)
         generations = [Generation(self.engine, prompt_ids, params, self.metrics)]
         try:
@@ -104,7 +112,7 @@ class TGIServing:
 
     async def generate(self, request: Request, body: TGIRequest, default_full_text: bool = False) -> tuple[dict, dict]:
         started = time.perf_counter()
-        results = await collect(request, self.submit(body))
+        results = await collect(request, self.submit(body, await self.prepare(body)))
         return self.response(results, body, started, default_full_text)
 
     def timing_headers(self, started: float, seq, generated: int, inputs: str) -> dict:
@@ -127,7 +135,7 @@ class TGIServing:
                 raise APIError(422, "`best_of` != 1 is not allowed for this endpoint")
             if p.decoder_input_details:
                 raise APIError(422, "`decoder_input_details` == true is not supported when streaming tokens")
-            prompt_ids = self.prompt_ids(body)
+            prompt_ids = await self.prepare(body)
             generation = Generation(self.engine, prompt_ids, self.sampling_params(body, prompt_ids), self.metrics)
             threshold = self.config.threshold(p.abstain_below)
             outputs = generation
@@ -230,7 +238,9 @@ async def compat_generate(request: Request):
 async def tokenize(request: Request):
     """TGI: the tokens of `inputs`, each with its text and character span."""
     tgi = serving(request)
-    return tgi.tokenize(await read_json(request, TGIRequest, tgi.config.max_body_bytes))
+    body = await read_json(request, TGIRequest, tgi.config.max_body_bytes)
+    check_prompt_chars(len(body.inputs), tgi.engine, "inputs", 422)
+    return await off_loop(tgi.tokenize, body)
 
 
 @router.get("/info")
