@@ -49,7 +49,7 @@ def test_tgi_serving_without_http(tiny, engine):
     async def generate():
         engine.on_step = Dispatcher(asyncio.get_running_loop())
         started = time.perf_counter()
-        results = [await generation.wait() for generation in tgi.submit(body, await tgi.prepare(body))]
+        results = [await generation.wait() for generation in tgi.submit(body, *await tgi.prepare(body))]
         return tgi.response(results, body, started)
 
     response, headers = asyncio.run(generate())

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from ..evaluation.confidence import token_logprobs_and_entropies
 from ..models.modeling_openllm import CACHE, output_cache
+from .grammar import Grammars
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     top_n: int = 0  # alternatives (most likely tokens) reported for every position
     prefill_logprobs: bool = False
+    grammar: Optional[str] = None  # llguidance grammar the text must follow (see `grammar`)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Sequence:
         self.submitted_at = time.perf_counter()
         self.admitted_at: Optional[float] = None  # when it joined the running batch
         self._prefix_offset = self._read_offset = 0
+        self.matcher = None  # llguidance's state of `params.grammar`, made by the engine on the first step
 
     @property
     def sampling(self) -> bool:
@@ -151,6 +154,7 @@ class Engine:
         # special: the tokenizer's named special tokens and every added token flagged special (chat markers...)
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self.special_ids = set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", 0)}
+        self.grammars = Grammars(tokenizer, model.config.vocab_size, self.eos_ids)
 
         # one call per decode step with every (sequence, output) pair whose sequence has no `on_output`
         self.on_step: Optional[Callable[[list[tuple[Sequence, StepOutput]]], None]] = None
@@ -367,7 +371,7 @@ class Engine:
         """Choose each row's next token, report it, and retire the rows that are done. Tensor work is batched over
         the rows and read back once; what stays per row is plain Python on lists."""
         logits = logits.float()
-        chosen = choose_tokens(seqs, logits)
+        chosen = choose_tokens(seqs, self._constrain(seqs, logits))
         # log-probability and entropy under the model's own distribution (its calibrated temperature applied in its
         # forward), never the one the sampling settings made
         chosen_logprobs, entropies = (x.tolist() for x in token_logprobs_and_entropies(logits, chosen))
@@ -375,6 +379,8 @@ class Engine:
         top = self._top_tokens(seqs, logits)
         for seq, token_id in zip(seqs, chosen):
             seq.generated.append(token_id)
+            if seq.matcher is not None:
+                seq.matcher.consume_token(token_id)
         windows = self._decode([w for seq in seqs for w in seq.decode_windows()])
         done, outputs = [], []
         now = time.perf_counter()
@@ -383,6 +389,8 @@ class Engine:
             text = seq.next_text(windows[2 * row], windows[2 * row + 1])
             reason = None
             if token_id in self.eos_ids:
+                reason = "eos_token"
+            elif seq.matcher is not None and seq.matcher.is_stopped():  # the grammar allows nothing more
                 reason = "eos_token"
             elif len(seq.generated) >= seq.params.max_new_tokens:
                 reason = "length"
@@ -413,6 +421,22 @@ class Engine:
         if self.metrics is not None:
             self.metrics.generated_tokens.inc(len(seqs))
         self._drop([self.running.index(seqs[r]) for r in done])
+
+    def _constrain(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """The scores to choose from: rows with a grammar see only the tokens that keep their text valid (the
+        reported log-probabilities stay those of the model's own distribution)."""
+        rows = [i for i, s in enumerate(seqs) if s.params.grammar]
+        if not rows:
+            return logits
+        for i in rows:
+            if seqs[i].matcher is None:
+                seqs[i].matcher = self.grammars.matcher(seqs[i].params.grammar)
+        scores = logits.clone()
+        masked = self.grammars.mask([seqs[i].matcher for i in rows], logits[rows])
+        # a grammar this vocabulary cannot continue (no token spells its next byte) ends the text
+        masked[masked.isinf().all(dim=-1), min(self.eos_ids, default=0)] = 0.0
+        scores[rows] = masked
+        return scores
 
     def _top_tokens(self, seqs: list[Sequence], logits: torch.Tensor) -> list[list[Token]]:
         """The most likely alternatives of the rows that asked for them (one top-k for all of them)."""

@@ -26,6 +26,7 @@ from .api import (
     read_json,
 )
 from .engine import Engine, SamplingParams, Sequence, StepOutput
+from .grammar import GrammarError, openai_grammar
 from .metrics import ServerMetrics
 from .protocol import OPENAI_FINISH, Completed, chat_logprobs, completion_logprobs, confidence_json, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -152,7 +153,14 @@ class OpenAIServing:
             max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or 1.0,
             top_k=body.top_k or 0, top_p=body.top_p or 1.0, repetition_penalty=body.repetition_penalty or 1.0,
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
-            seed=body.seed, stop=body.stop_list, top_n=top_n)
+            seed=body.seed, stop=body.stop_list, top_n=top_n, grammar=self.grammar(body.response_format))
+
+    def grammar(self, response_format: Optional[dict]) -> Optional[str]:
+        try:
+            spec = openai_grammar(response_format)
+            return None if spec is None else self.engine.grammars.check(*spec)
+        except GrammarError as e:
+            raise APIError(400, f"`response_format`: {e}", param="response_format") from None
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         return Generation(self.engine, prompt_ids, params, self.metrics)

@@ -69,12 +69,12 @@ class TGIParameters(_Abstain, _Strict):
     decoder_input_details: bool = False
     seed: Optional[int] = Field(None, ge=0, lt=2**63)
     top_n_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOP_N)
-    grammar: Optional[dict] = None
+    grammar: Optional["TGIGrammar"] = None
     adapter_id: Optional[str] = None
 
     @model_validator(mode="after")
     def _check(self):
-        _unsupported(self, typical_p=1.0, watermark=False, grammar={}, adapter_id="")
+        _unsupported(self, typical_p=1.0, watermark=False, adapter_id="")
         if (self.best_of or 1) > 1:
             if not self.sampling:
                 raise ValueError("you must use sampling when `best_of` is > 1")
@@ -86,6 +86,20 @@ class TGIParameters(_Abstain, _Strict):
     def sampling(self) -> bool:
         # as in TGI, asking for any sampling setting turns sampling on
         return self.do_sample or any(v not in (None, 1.0) for v in (self.temperature, self.top_p)) or bool(self.top_k)
+
+
+class TGIGrammar(_Strict):
+    """TGI's `GrammarType`: a JSON schema (`json`, also `json_schema`) or a regular expression (`regex`)."""
+
+    type: Literal["json", "json_schema", "regex"]
+    value: Union[dict, str]
+
+    @property
+    def spec(self) -> tuple[str, object]:
+        return ("regex" if self.type == "regex" else "json"), self.value
+
+
+TGIParameters.model_rebuild()
 
 
 class TGIRequest(_Strict):
@@ -159,6 +173,8 @@ class _OpenAISampling(_Abstain, _Strict):
     # common extensions (vLLM, TGI): passed through `extra_body` by the openai client
     top_k: Optional[int] = Field(None, ge=0)
     repetition_penalty: Optional[float] = Field(None, gt=0, le=10)
+    # structured output: `text`, `json_object` or `json_schema` (see `grammar`); vLLM takes it on completions too
+    response_format: Optional[dict] = None
 
     _check_stop = field_validator("stop")(check_stops)
 
@@ -221,7 +237,6 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_N)
-    response_format: Optional[dict] = None
     tools: Optional[list] = None
     tool_choice: Union[str, dict, None] = None
     tool_prompt: Optional[str] = None
@@ -231,7 +246,5 @@ class ChatCompletionRequest(_OpenAISampling):
     def _check(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("`top_logprobs` needs `logprobs: true`")
-        if self.response_format not in (None, {"type": "text"}):
-            raise ValueError("`response_format` is not supported by this server; only {\"type\": \"text\"}")
         _unsupported(self, tools=[], tool_choice="none", tool_prompt="", parallel_tool_calls=False)
         return self

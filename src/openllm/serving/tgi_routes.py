@@ -11,7 +11,7 @@ knows nothing of HTTP but the request it watches for a disconnect.
 """
 
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -33,6 +33,7 @@ from .api import (
     validate,
 )
 from .engine import Engine, SamplingParams
+from .grammar import GrammarError
 from .metrics import ServerMetrics
 from .protocol import Completed, sse, tgi_error, tgi_generate_response, tgi_stream_event, tgi_tokens
 from .schemas import (
@@ -41,6 +42,7 @@ from .schemas import (
     SEED_SHAPE,
     TGI_SHAPE,
     SeedRequest,
+    TGIGrammar,
     TGIRequest,
     generate_body_schema,
 )
@@ -63,12 +65,17 @@ class TGIServing:
         ids = self.tokenizer(body.inputs)["input_ids"]
         return ids[-body.parameters.truncate:] if body.parameters.truncate else ids
 
-    async def prepare(self, body: TGIRequest) -> list[int]:
-        """The prompt's ids: a text too long for the context is refused at once (unless truncated, as TGI does, in
-        which case it is capped at the body limit only), and the tokenizing runs off the event loop."""
+    async def prepare(self, body: TGIRequest) -> tuple[list[int], SamplingParams]:
+        """The prompt's ids and sampling parameters: a text too long for the context is refused at once (unless
+        truncated, as TGI does, in which case it is capped at the body limit only), and the tokenizing and grammar
+        compiling run off the event loop."""
         if not body.parameters.truncate:
             check_prompt_chars(len(body.inputs), self.engine, "inputs", 422)
-        return await off_loop(self.prompt_ids, body)
+        return await off_loop(self.prompt, body)
+
+    def prompt(self, body: TGIRequest) -> tuple[list[int], SamplingParams]:
+        prompt_ids = self.prompt_ids(body)
+        return prompt_ids, self.sampling_params(body, prompt_ids)
 
     def sampling_params(self, body: TGIRequest, prompt_ids: list[int]) -> SamplingParams:
         p = body.parameters
@@ -78,12 +85,17 @@ class TGIServing:
             max_new_tokens=max_new, do_sample=p.sampling, temperature=p.temperature or 1.0, top_k=p.top_k or 0,
             top_p=p.top_p or 1.0, repetition_penalty=p.repetition_penalty or 1.0,
             frequency_penalty=p.frequency_penalty or 0.0, seed=p.seed, stop=p.stop, top_n=p.top_n_tokens or 0,
-            prefill_logprobs=p.decoder_input_details)
+            prefill_logprobs=p.decoder_input_details, grammar=self.grammar(p.grammar))
 
-    def submit(self, body: TGIRequest, prompt_ids: list[int]) -> list[Generation]:
+    def grammar(self, grammar: Optional[TGIGrammar]) -> Optional[str]:
+        try:
+            return None if grammar is None else self.engine.grammars.check(*grammar.spec)
+        except GrammarError as e:
+            raise APIError(422, f"`grammar`: {e}") from None
+
+    def submit(self, body: TGIRequest, prompt_ids: list[int], params: SamplingParams) -> list[Generation]:
         """The generations of a non-streaming request: one, or `best_of` independent samples (each with its own
         random seed), of which the best mean log-probability wins."""
-        params = self.sampling_params(body, prompt_ids)
         generations = [Generation(self.engine, prompt_ids, params, self.metrics)]
         try:
             for _ in range((body.parameters.best_of or 1) - 1):
@@ -112,7 +124,7 @@ class TGIServing:
 
     async def generate(self, request: Request, body: TGIRequest, default_full_text: bool = False) -> tuple[dict, dict]:
         started = time.perf_counter()
-        results = await collect(request, self.submit(body, await self.prepare(body)))
+        results = await collect(request, self.submit(body, *await self.prepare(body)))
         return self.response(results, body, started, default_full_text)
 
     def timing_headers(self, started: float, seq, generated: int, inputs: str) -> dict:
@@ -135,8 +147,7 @@ class TGIServing:
                 raise APIError(422, "`best_of` != 1 is not allowed for this endpoint")
             if p.decoder_input_details:
                 raise APIError(422, "`decoder_input_details` == true is not supported when streaming tokens")
-            prompt_ids = await self.prepare(body)
-            generation = Generation(self.engine, prompt_ids, self.sampling_params(body, prompt_ids), self.metrics)
+            generation = Generation(self.engine, *await self.prepare(body), self.metrics)
             threshold = self.config.threshold(p.abstain_below)
             outputs = generation
             if threshold is not None:  # nothing is sent before the whole answer is known to be kept
