@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from ..evaluation.confidence import token_logprobs_and_entropies
 from ..models.modeling_openllm import CACHE, output_cache
 from .grammar import Grammars
+from .prefix_cache import PrefixCache
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Sequence:
         self.submitted_at = time.perf_counter()
         self.admitted_at: Optional[float] = None  # when it joined the running batch
         self._prefix_offset = self._read_offset = 0
+        self.cached_tokens = 0  # prompt tokens whose keys and values came from the prefix cache
         self.matcher = None  # llguidance's state of `params.grammar`, made by the engine on the first step
 
     @property
@@ -134,7 +136,8 @@ class Engine:
     """Runs generation for many concurrent requests in one worker thread. `submit` is thread-safe."""
 
     def __init__(self, model, tokenizer, max_batch_size: int = 32, max_queue_size: int = 256,
-                 context_length: Optional[int] = None, max_prefill_tokens: int = 4096, metrics=None):
+                 context_length: Optional[int] = None, max_prefill_tokens: int = 4096,
+                 prefix_cache_bytes: int = 256 << 20, metrics=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -142,6 +145,7 @@ class Engine:
         self.max_queue_size = max_queue_size
         self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_prefill_tokens = max_prefill_tokens
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         # no text longer than this fits the context: a token stands for at most as many characters as its longest
         # vocabulary entry spells (bytes, for byte-level vocabularies), doubled for normalizers that drop characters
         longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
@@ -274,34 +278,57 @@ class Engine:
         self._advance(self.running, out.logits[:, -1])
 
     def _prefill(self, new: list[Sequence]):
-        """Prefill the new rows together, except those asking for their prompt's log-probabilities: full-vocabulary
-        logits at every position are computed for them only, one row at a time."""
-        plain = [s for s in new if not s.params.prefill_logprobs]
-        groups = ([plain] if plain else []) + [[s] for s in new if s.params.prefill_logprobs]
+        """Prefill the new rows: those whose prompt starts with a cached prefix one at a time, from the end of that
+        prefix; those asking for their prompt's log-probabilities one at a time, so that full-vocabulary logits at
+        every position are computed for them only; the others together."""
+        hits = {}
+        if self.prefix_cache is not None:
+            for seq in new:
+                if not seq.params.prefill_logprobs and (hit := self.prefix_cache.lookup(seq.prompt_ids)):
+                    hits[id(seq)] = hit
+        plain = [s for s in new if not s.params.prefill_logprobs and id(s) not in hits]
+        groups = ([plain] if plain else []) + [[s] for s in new if s.params.prefill_logprobs or id(s) in hits]
         for group in groups:
-            self._prefill_group(group)
+            self._prefill_group(group, hits.get(id(group[0])))
             now = time.perf_counter()
             for seq in group:
                 seq.admitted_at = now
         if self.metrics is not None:
             self.metrics.prompt_tokens.inc(sum(len(s.prompt_ids) for s in new))
 
-    def _prefill_group(self, new: list[Sequence]):
-        length = max(len(s.prompt_ids) for s in new)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (length - len(s.prompt_ids)) + s.prompt_ids for s in new],
-                                 device=self.device)
-        mask = torch.tensor([[0] * (length - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in new],
-                            device=self.device)
-        # explicit positions: a left-padded row must see the same positions as the same prompt unpadded
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        want_prefill = new[0].params.prefill_logprobs  # then `new` is that one row
+    def _prefill_group(self, new: list[Sequence], hit=None):
         cache = _new_cache(self.model)
+        if hit is not None:  # one row: the cached prefix's keys and values, then the rest of its prompt
+            cached, keys, values = hit
+            for layer, (k, v) in enumerate(zip(keys, values)):
+                cache.update(k, v, layer)
+            ids = new[0].prompt_ids
+            new[0].cached_tokens = cached
+            input_ids = torch.tensor([ids[cached:]], device=self.device)
+            mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
+            position_ids = torch.arange(cached, len(ids), device=self.device)[None]
+        else:
+            length = max(len(s.prompt_ids) for s in new)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            input_ids = torch.tensor([[pad] * (length - len(s.prompt_ids)) + s.prompt_ids for s in new],
+                                     device=self.device)
+            mask = torch.tensor([[0] * (length - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in new],
+                                device=self.device)
+            # explicit positions: a left-padded row must see the same positions as the same prompt unpadded
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        want_prefill = new[0].params.prefill_logprobs  # then `new` is that one row
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                          use_cache=True, logits_to_keep=0 if want_prefill else 1, **{CACHE: cache})
+        cache = output_cache(out)
         if want_prefill:
             self._prefill_tokens(new[0], out.logits[0])
-        self._merge(new, output_cache(out), mask)
+        if self.prefix_cache is not None:
+            width = mask.shape[1]
+            for row, seq in enumerate(new):
+                start = width - len(seq.prompt_ids)  # after the row's left padding
+                self.prefix_cache.store(seq.prompt_ids, [layer.keys[row:row + 1, :, start:] for layer in cache.layers],
+                                        [layer.values[row:row + 1, :, start:] for layer in cache.layers])
+        self._merge(new, cache, mask)
         self._advance(new, out.logits[:, -1])
 
     def _prefill_tokens(self, seq: Sequence, logits: torch.Tensor):

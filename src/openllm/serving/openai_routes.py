@@ -90,7 +90,7 @@ def _borders(s: str) -> list[int]:
 def usage(seq: Sequence, completion_tokens: int) -> dict:
     prompt = len(seq.prompt_ids)
     return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
+            "total_tokens": prompt + completion_tokens, "prompt_tokens_details": {"cached_tokens": seq.cached_tokens}}
 
 
 def abstained_choice(done: Completed, message: str, chat: bool, delta: bool, with_logprobs: bool) -> dict:
