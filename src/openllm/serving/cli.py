@@ -39,6 +39,10 @@ def add_arguments(parser):
     parser.add_argument("--prefix-cache-mb", type=int, default=256,
                         help="memory for the keys and values of recent prompts, reused by requests that start the "
                              "same way (a system prompt, a chat history); 0 turns prefix caching off")
+    parser.add_argument("--speculative-tokens", type=int, default=0, metavar="N",
+                        help="prompt-lookup speculative decoding for a lone greedy request: up to N tokens copied "
+                             "from where the text's last tokens appeared before, checked in one forward (the text "
+                             "is unchanged; it pays where answers repeat their context); 0: off")
     parser.add_argument("--max-prefill-tokens", type=int, default=4096,
                         help="prompt tokens (padding included) prefilled together in one step at most, so that a "
                              "burst of long prompts is admitted over several steps; a longer prompt runs alone")
@@ -83,10 +87,11 @@ def context_length(model, tokenizer) -> int:
 
 def build_app(model, tokenizer, model_name: str, info: dict, *, max_batch_size=32, max_queue_size=256,
               max_new_tokens=256, max_body_bytes=1 << 20, max_prefill_tokens=4096, prefix_cache_mb=256,
-              api_key=None, ui=True, abstain_below=None, allowed_hosts=None):
+              speculative_tokens=0, api_key=None, ui=True, abstain_below=None, allowed_hosts=None):
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_queue_size=max_queue_size,
                     context_length=context_length(model, tokenizer), max_prefill_tokens=max_prefill_tokens,
-                    prefix_cache_bytes=prefix_cache_mb << 20, metrics=ServerMetrics())
+                    prefix_cache_bytes=prefix_cache_mb << 20, speculative_tokens=speculative_tokens,
+                    metrics=ServerMetrics())
     config = ServerConfig(model_name=model_name, api_key=api_key or None, max_body_bytes=max_body_bytes,
                           default_max_new_tokens=max_new_tokens, model_info=info, ui=ui,
                           abstain_below=abstain_below, allowed_hosts=allowed_hosts)
@@ -120,8 +125,10 @@ def run(args):
                         ("--max-prefill-tokens", args.max_prefill_tokens)):
         if value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}.")
-    if args.prefix_cache_mb < 0:
-        raise SystemExit(f"--prefix-cache-mb must be 0 (off) or more, got {args.prefix_cache_mb}.")
+    for name, value in (("--prefix-cache-mb", args.prefix_cache_mb),
+                        ("--speculative-tokens", args.speculative_tokens)):
+        if value < 0:
+            raise SystemExit(f"{name} must be 0 (off) or more, got {value}.")
     if args.abstain_below is not None:
         try:
             check_threshold(args.abstain_below)
@@ -138,6 +145,6 @@ def run(args):
                     max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
                     max_new_tokens=args.max_new_tokens, max_body_bytes=args.max_body_bytes,
                     max_prefill_tokens=args.max_prefill_tokens, prefix_cache_mb=args.prefix_cache_mb,
-                    api_key=args.api_key, ui=not args.no_ui,
+                    speculative_tokens=args.speculative_tokens, api_key=args.api_key, ui=not args.no_ui,
                     abstain_below=args.abstain_below, allowed_hosts=allowed_hosts(args.host, args.allowed_hosts))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)

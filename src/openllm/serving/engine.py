@@ -137,7 +137,7 @@ class Engine:
 
     def __init__(self, model, tokenizer, max_batch_size: int = 32, max_queue_size: int = 256,
                  context_length: Optional[int] = None, max_prefill_tokens: int = 4096,
-                 prefix_cache_bytes: int = 256 << 20, metrics=None):
+                 prefix_cache_bytes: int = 256 << 20, speculative_tokens: int = 0, metrics=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -146,6 +146,7 @@ class Engine:
         self.context_length = context_length or getattr(model.config, "max_position_embeddings", None) or 2048
         self.max_prefill_tokens = max_prefill_tokens
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.speculative_tokens = speculative_tokens  # prompt-lookup draft length; 0: off
         # no text longer than this fits the context: a token stands for at most as many characters as its longest
         # vocabulary entry spells (bytes, for byte-level vocabularies), doubled for normalizers that drop characters
         longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
@@ -262,6 +263,8 @@ class Engine:
             self._prefill(new)
         if not self.running:
             return
+        if self.speculative_tokens and len(self.running) == 1 and (draft := self._draft(self.running[0])):
+            return self._speculate(self.running[0], draft)
         batch = len(self.running)
         input_ids = torch.tensor([[s.generated[-1]] for s in self.running], device=self.device)
         position_ids = torch.tensor([[len(s.prompt_ids) + len(s.generated) - 1] for s in self.running],
@@ -276,6 +279,44 @@ class Engine:
         if self.metrics is not None:
             self.metrics.batch_size.observe(batch)
         self._advance(self.running, out.logits[:, -1])
+
+    def _draft(self, seq: Sequence) -> list[int]:
+        """Prompt lookup: the tokens that followed the last earlier occurrence of the text's final 3 (else 2) tokens,
+        for a greedy row whose next tokens depend on the model's argmax alone (no penalty, no grammar)."""
+        p = seq.params
+        if seq.sampling or p.grammar or p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            return []
+        room = min(self.speculative_tokens, p.max_new_tokens - len(seq.generated) - 1,
+                   self.context_length - len(seq.prompt_ids) - len(seq.generated) - 1)
+        if room < 1:
+            return []
+        return prompt_lookup(np.asarray(seq.prompt_ids + seq.generated), room)
+
+    def _speculate(self, seq: Sequence, draft: list[int]):
+        """One forward over the last token and the draft; the draft's tokens are kept up to the first that differs
+        from the model's own greedy choice, which is kept too, so the text is what plain decoding writes."""
+        ids = [seq.generated[-1]] + draft
+        start = len(seq.prompt_ids) + len(seq.generated) - 1
+        past = self.mask.shape[1]
+        mask = torch.cat([self.mask, self.mask.new_ones(1, len(ids))], dim=1)
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), attention_mask=mask,
+                         position_ids=torch.arange(start, start + len(ids), device=self.device)[None],
+                         use_cache=True, **{CACHE: self.cache})
+        logits = out.logits[0]
+        greedy = logits.argmax(dim=-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == greedy[accepted]:
+            accepted += 1
+        keep = past + 1 + accepted  # the rejected draft tokens leave the cache
+        self.cache, self.mask = output_cache(out), mask[:, :keep]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, :keep], layer.values[:, :, :keep]
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(1)
+        for i in range(accepted + 1):
+            self._advance([seq], logits[i:i + 1])
+            if seq.finish_reason is not None:
+                break
 
     def _prefill(self, new: list[Sequence]):
         """Prefill the new rows: those whose prompt starts with a cached prefix one at a time, from the end of that
@@ -478,6 +519,19 @@ class Engine:
             texts = self._decode([[t] for t in ids[:k]], skip_special_tokens=False)
             top[i] = [Token(t, text, v, t in self.special_ids) for t, text, v in zip(ids[:k], texts, vs[:k])]
         return top
+
+
+def prompt_lookup(ids: np.ndarray, count: int, ngrams=(3, 2)) -> list[int]:
+    """Up to `count` tokens that followed the most recent earlier occurrence of the last n tokens of `ids`."""
+    for n in ngrams:
+        if len(ids) <= n:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)  # every earlier n-gram, by start
+        starts = np.flatnonzero((windows == ids[-n:]).all(axis=1))
+        if len(starts):
+            follow = starts[-1] + n
+            return ids[follow:follow + count].tolist()
+    return []
 
 
 def choose_tokens(seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
