@@ -172,6 +172,8 @@ class Engine:
         # models built on transformers' mask helpers (its own and ours) take a ready 4-D mask as it is
         self._sdpa_mask = getattr(model.config, "_attn_implementation", None) == "sdpa" and type(
             model).__module__.split(".")[0] in ("transformers", "openllm")
+        if self.device.type == "cpu":
+            transpose_output_head(model)
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.running: list[Sequence] = []
         self.cache = None  # DynamicCache of the running batch, left-padded to a common length
@@ -519,6 +521,22 @@ class Engine:
             texts = self._decode([[t] for t in ids[:k]], skip_special_tokens=False)
             top[i] = [Token(t, text, v, t in self.special_ids) for t, text, v in zip(ids[:k], texts, vs[:k])]
         return top
+
+
+def transpose_output_head(model, max_rows: int = 64) -> None:
+    """Decode steps multiply a few rows by the output embedding, a matrix-vector product that torch runs several
+    times faster on CPU from a transposed copy of the weight (vocabulary 32,000 x 384 on one thread: 3.4 ms against
+    9.7 ms). The head keeps its weight (tied embeddings stay tied); calls of up to `max_rows` rows use the copy."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or head.bias is not None or getattr(head, "_transposed", None) is not None:
+        return
+    head._transposed = head.weight.detach().t().contiguous()
+
+    def forward(x):
+        rows = x.numel() // x.shape[-1]
+        return x @ head._transposed if rows <= max_rows else torch.nn.functional.linear(x, head.weight)
+
+    head.forward = forward
 
 
 def prompt_lookup(ids: np.ndarray, count: int, ngrams=(3, 2)) -> list[int]:
