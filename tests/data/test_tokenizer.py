@@ -42,7 +42,7 @@ def test_byte_level_bpe_round_trips_exactly(bpe):
 def test_saved_folder_loads_with_fixed_special_tokens(bpe):
     tokenizer = AutoTokenizer.from_pretrained(bpe)
     assert len(tokenizer) == 600  # the requested vocab size, special tokens included
-    assert [tokenizer.convert_ids_to_tokens(i) for i in range(7)] == ALL_SPECIAL_TOKENS
+    assert [tokenizer.convert_ids_to_tokens(i) for i in range(12)] == ALL_SPECIAL_TOKENS
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     assert list(tokenizer("a b")) == ["input_ids", "attention_mask"]
     config = json.loads((bpe / "tokenizer_config.json").read_text())
@@ -62,8 +62,8 @@ def test_chat_template(bpe):
     out = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
     kept = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tokenizer.decode(kept) == "Hello!<|eos|>"
-    with pytest.raises(Exception, match="Unknown role tool"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+    with pytest.raises(Exception, match="Unknown role bot"):
+        tokenizer.apply_chat_template([{"role": "bot", "content": "x"}], tokenize=False)
 
 
 def test_char_and_unigram(corpus):
@@ -82,7 +82,7 @@ def test_char_and_unigram(corpus):
 
 
 def test_vocab_size_and_type_errors(corpus):
-    with pytest.raises(ValueError, match="vocab_size=100 is too small for a 'bpe' tokenizer: it needs at least 263"):
+    with pytest.raises(ValueError, match="vocab_size=100 is too small for a 'bpe' tokenizer: it needs at least 268"):
         train_tokenizer(corpus, vocab_size=100)
     with pytest.raises(ValueError, match="Unknown tokenizer type 'wordpiece'"):
         train_tokenizer(corpus, tokenizer_type="wordpiece")

@@ -7,9 +7,17 @@ Three kinds:
 - `unigram`: SentencePiece-style Unigram LM over `▁`-marked words; characters never seen in training become `<|unk|>`.
 - `char`: one token per character, for small experiments; unseen characters become `<|unk|>`.
 
-Every tokenizer gets the same special tokens (ids 0-6: pad, bos, eos, unk, then the chat roles) and a chat template
+Every tokenizer gets the same special tokens (ids 0-6: pad, bos, eos, unk, then the chat roles system, user and
+assistant; ids 7-11, added with tool calling: the tool role and the tool-call markers) and a chat template
 (`CHAT_TEMPLATE`) with `{% generation %}` markers, so TRL's `assistant_only_loss` works out of the box. The folder
 loads with `AutoTokenizer.from_pretrained` on transformers 4.57 and 5.x.
+
+Tool calling follows Hermes/Qwen: the template lists the tools offered in the system turn (a short line each, not
+their JSON schemas: tiny models have short contexts), the assistant calls one with
+`<tool_call>{"name": "calculator", "arguments": {"expression": "12*7"}}</tool_call>` (trained on, like any assistant
+text), and the result comes back as a `tool` turn, `<|tool|>\n<tool_response>84</tool_response>` (not trained on).
+The markers are added tokens that are not special, so `decode(..., skip_special_tokens=True)` keeps them for parsing.
+`RESPONSE_TEMPLATE` tells transformers' `parse_response` (and so TRL's GRPO `tools=`) where the calls are.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 from typing import Iterable, Optional
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .corpus import load_corpus
@@ -29,12 +38,16 @@ logger = logging.getLogger(__name__)
 
 TOKENIZER_TYPES = ("bpe", "unigram", "char")
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "bos_token": "<|bos|>", "eos_token": "<|eos|>", "unk_token": "<|unk|>"}
-ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
-ALL_SPECIAL_TOKENS = [*SPECIAL_TOKENS.values(), *ROLE_TOKENS]
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_START, TOOL_RESPONSE_END = "<tool_response>", "</tool_response>"
+TOOL_TOKENS = [TOOL_CALL_START, TOOL_CALL_END, TOOL_RESPONSE_START, TOOL_RESPONSE_END]
+# the order fixes the ids; tokens are only ever appended, so older tokenizers keep theirs
+ALL_SPECIAL_TOKENS = [*SPECIAL_TOKENS.values(), *ROLE_TOKENS, *TOOL_TOKENS]
 
-# <|user|>\n{content}<|eos|><|assistant|>\n{content}<|eos|>... Every turn ends with EOS, the token that also
-# separates pretraining documents, so generation stops at the end of the assistant's turn.
-CHAT_TEMPLATE = (
+# The template of tokenizers trained before tool calling. `CHAT_TEMPLATE` renders every conversation it accepts to the
+# same bytes, so a model trained with it answers as before.
+LEGACY_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
     "{{- raise_exception('Unknown role ' + message['role'] + ': use system, user or assistant.') -}}"
@@ -48,6 +61,78 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
 )
+
+# <|user|>\n{content}<|eos|><|assistant|>\n{content}<|eos|>... Every turn ends with EOS, the token that also
+# separates pretraining documents, so generation stops at the end of the assistant's turn, a tool call included.
+# With `tools`, the system turn (the conversation's own, or one of its own) ends with "Tools:" and a line per tool,
+# `calculator(expression): Evaluate an arithmetic expression.`. A JSON schema would take most of a tiny model's context
+# (276 of the synthetic tasks' tokens for the calculator's, against 256 positions), and TRL's GRPO renders the tools
+# into every prompt. An assistant turn is its content, then each call as
+# <tool_call>{"name": ..., "arguments": ...}</tool_call> (arguments given as a JSON string are written as they are),
+# all inside {% generation %}; a tool turn is <|tool|>\n<tool_response>{content}</tool_response><|eos|>, outside it.
+CHAT_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{- '<|system|>\\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- 'Tools:' -}}"
+    "{%- for tool in tools -%}"
+    "{%- set fn = tool['function'] if tool['function'] is defined else tool -%}"
+    "{%- set parameters = fn['parameters']['properties'] if fn['parameters'] is mapping"
+    " and fn['parameters']['properties'] is mapping else {} -%}"
+    "{{- '\\n' + fn['name'] + '(' + (parameters | list | join(', ')) + ')' -}}"
+    "{%- if fn['description'] -%}{{- ': ' + fn['description'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
+    "{{- raise_exception('Unknown role ' + message['role'] + ': use system, user, assistant or tool.') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|assistant|>\\n' -}}"
+    "{%- generation -%}"
+    "{{- message['content'] if message['content'] is string else '' -}}"
+    "{%- for tool_call in message['tool_calls'] or [] -%}"
+    "{%- set call = tool_call['function'] if tool_call['function'] is defined else tool_call -%}"
+    "{%- set arguments = call['arguments'] if call['arguments'] is defined else {} -%}"
+    "{{- '<tool_call>{\"name\": ' + (call['name'] | tojson) + ', \"arguments\": ' -}}"
+    "{{- (arguments if arguments is string else arguments | tojson) + '}</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- eos_token -}}"
+    "{%- endgeneration -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{- '<|tool|>\\n<tool_response>' -}}"
+    "{{- message['content'] if message['content'] is string else message['content'] | tojson -}}"
+    "{{- '</tool_response>' + eos_token -}}"
+    "{%- elif not (loop.first and tools and message['role'] == 'system') -%}"
+    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + eos_token -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
+# transformers' `response_template` (>= 5.13) for `tokenizer.parse_response` and TRL: the assistant's reply starts
+# after the generation prompt, each <tool_call> holds one JSON call, and the content ends at EOS.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|assistant|>\n",
+    "fields": {
+        "tool_calls": {"open": TOOL_CALL_START, "close_pattern": re.escape(TOOL_CALL_END) + r"\s*", "repeats": True,
+                       "content": "json", "transform": {"type": "function", "function": "{content}"}},
+        "content": {"close_pattern": re.escape(SPECIAL_TOKENS["eos_token"]) + r"\s*", "content": "text"},
+    },
+}
+
+
+def enable_tool_calling(tokenizer) -> bool:
+    """Give a tokenizer with OpenLLM's chat template (either version) the tool-capable one and `RESPONSE_TEMPLATE`;
+    return whether it has them now. Conversations without tools render as before. A tokenizer trained before tool
+    calling has no tool tokens: the markers are then encoded as plain text, which its model never saw."""
+    if tokenizer.chat_template not in (LEGACY_CHAT_TEMPLATE, CHAT_TEMPLATE):
+        return False
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.response_template = RESPONSE_TEMPLATE
+    return True
 
 
 def build_tokenizer(tokenizer_type: str = "bpe"):
@@ -108,9 +193,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 32000, tokenizer_typ
 def wrap_tokenizer(tok, model_max_length: Optional[int] = None):
     """A `tokenizers.Tokenizer` as a `PreTrainedTokenizerFast` with OpenLLM's special tokens and chat template."""
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, additional_special_tokens=ROLE_TOKENS,
-                                   chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
-                                   model_input_names=["input_ids", "attention_mask"], **kwargs)
+    # trained as special tokens (for their fixed ids), the tool markers become ordinary added tokens, which decoding
+    # with `skip_special_tokens=True` keeps
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS if t in tok.get_vocab()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, additional_special_tokens=ROLE_TOKENS,
+                                        chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
+                                        model_input_names=["input_ids", "attention_mask"], **kwargs)
+    tokenizer.response_template = RESPONSE_TEMPLATE
+    return tokenizer
 
 
 def save_tokenizer(tokenizer, output_dir: str) -> None:
@@ -128,10 +218,11 @@ def save_tokenizer(tokenizer, output_dir: str) -> None:
         tokenizer_class="PreTrainedTokenizerFast",
         model_input_names=["input_ids", "attention_mask"],
         clean_up_tokenization_spaces=False,
-        additional_special_tokens=[t for t in ALL_SPECIAL_TOKENS if t not in SPECIAL_TOKENS.values()
-                                   and t in tokenizer.get_vocab()],
+        additional_special_tokens=[t for t in ROLE_TOKENS if t in tokenizer.get_vocab()],
         **{k: getattr(tokenizer, k) for k in SPECIAL_TOKENS if getattr(tokenizer, k, None) is not None},
     )
+    if tokenizer.chat_template == CHAT_TEMPLATE:  # transformers 4.57 does not save it itself
+        config["response_template"] = RESPONSE_TEMPLATE
     template_file = os.path.join(output_dir, "chat_template.jinja")
     if getattr(tokenizer, "chat_template", None) and not os.path.exists(template_file):
         config["chat_template"] = tokenizer.chat_template
@@ -205,5 +296,7 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["TOKENIZER_TYPES", "SPECIAL_TOKENS", "ROLE_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer",
-           "save_tokenizer", "build_tokenizer", "portable_tokenizer_config", "tokenizer_hash"]
+__all__ = ["TOKENIZER_TYPES", "SPECIAL_TOKENS", "ROLE_TOKENS", "TOOL_TOKENS", "TOOL_CALL_START", "TOOL_CALL_END",
+           "TOOL_RESPONSE_START", "TOOL_RESPONSE_END", "ALL_SPECIAL_TOKENS", "CHAT_TEMPLATE", "LEGACY_CHAT_TEMPLATE",
+           "RESPONSE_TEMPLATE", "enable_tool_calling", "train_tokenizer", "wrap_tokenizer", "save_tokenizer",
+           "build_tokenizer", "portable_tokenizer_config", "tokenizer_hash"]
