@@ -102,6 +102,9 @@ def validate(request: Request, data, schema: type[BaseModel], expected: str = ""
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = f"unknown field `{where}`; see the API reference for accepted fields"
+            if not openai and where.rpartition(".")[2] in ("tools", "tool_choice", "response_format"):
+                message = (f"unknown field `{where}`: TGI's routes take no tools and no `response_format`; use "
+                           "`/v1/chat/completions` (or TGI's `grammar` parameter for structured output)")
         message = f"{where}: {message}" + (f" (expected {expected})" if expected else "")
         raise APIError(400 if openai else 422, message, param=where if openai else None) from None
 

@@ -48,6 +48,8 @@ def grammar_text(kind: str, value) -> str:
         if not isinstance(value, str) or not value:
             raise GrammarError("the regular expression must be a non-empty string")
         return llguidance.LLMatcher.grammar_from_regex(value)
+    if kind == "lark":
+        return llguidance.LLMatcher.grammar_from_lark(value)
     raise GrammarError(f"unknown grammar type `{kind}`; use `json` or `regex`")
 
 
@@ -91,6 +93,20 @@ class Grammars:
         # bits to booleans with numpy: llguidance's own applier compiles a torch kernel on first use (seconds on CPU)
         allowed = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, :scores.shape[-1]]
         return scores.masked_fill(torch.from_numpy(allowed == 0).to(scores.device), float("-inf"))
+
+
+def tool_call_grammar(tools: list[dict], start_id: int, end_id: int, name: Optional[str] = None,
+                      parallel: bool = True) -> str:
+    """A Lark grammar for answers that are tool calls only, as the chat template writes them: one (or, with
+    `parallel`, several) `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, the arguments following the
+    tool's parameter schema, the name `name` or any offered tool's; the markers are matched as their token ids."""
+    calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+              "properties": {"name": {"const": fn["name"]}, "arguments": fn.get("parameters") or {"type": "object"}}}
+             for fn in (t["function"] for t in tools) if name is None or fn["name"] == name]
+    # one optional space where the template writes one (`{"name": ..., "arguments": ...}`)
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": {"whitespace_pattern": " ?"}}
+    return (f"start: call{'+' if parallel else ''}\ncall: <[{start_id}]> body <[{end_id}]>\n"
+            f"body: %json {json.dumps(schema)}\n")
 
 
 def openai_grammar(response_format: Optional[dict]) -> Optional[tuple[str, object]]:

@@ -30,6 +30,7 @@ from .grammar import GrammarError, openai_grammar
 from .metrics import ServerMetrics
 from .protocol import OPENAI_FINISH, Completed, chat_logprobs, completion_logprobs, confidence_json, sse
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .tool_calls import ToolCallHoldback, assistant_message, required_grammar, template_tools
 
 OpenAIRequest = Union[CompletionRequest, ChatCompletionRequest]
 
@@ -133,9 +134,10 @@ class OpenAIServing:
         if not getattr(self.tokenizer, "chat_template", None):
             raise APIError(400, "This model's tokenizer has no chat template, so it cannot format `messages`. Use "
                                 "/v1/completions, or add a `chat_template` to the tokenizer.", param="messages")
+        tools = template_tools(self.tokenizer, body)
         try:
             prompt = self.tokenizer.apply_chat_template([m.as_template_message() for m in body.messages],
-                                                        add_generation_prompt=True, tokenize=False)
+                                                        tools=tools, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # templates raise on conversations they do not accept (e.g. role order)
             raise APIError(400, f"The chat template rejected `messages`: {e}", param="messages") from None
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -153,14 +155,19 @@ class OpenAIServing:
             max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or 1.0,
             top_k=body.top_k or 0, top_p=body.top_p or 1.0, repetition_penalty=body.repetition_penalty or 1.0,
             frequency_penalty=body.frequency_penalty or 0.0, presence_penalty=body.presence_penalty or 0.0,
-            seed=body.seed, stop=body.stop_list, top_n=top_n, grammar=self.grammar(body.response_format))
+            seed=body.seed, stop=body.stop_list, top_n=top_n, grammar=self.grammar(body))
 
-    def grammar(self, response_format: Optional[dict]) -> Optional[str]:
+    def grammar(self, body: OpenAIRequest) -> Optional[str]:
+        """The grammar the answer must follow: tool calls only (a required `tool_choice`), or `response_format`."""
+        calls = required_grammar(self.tokenizer, body) if isinstance(body, ChatCompletionRequest) else None
         try:
-            spec = openai_grammar(response_format)
+            if calls is not None:
+                return self.engine.grammars.check("lark", calls)
+            spec = openai_grammar(body.response_format)
             return None if spec is None else self.engine.grammars.check(*spec)
         except GrammarError as e:
-            raise APIError(400, f"`response_format`: {e}", param="response_format") from None
+            param = "tools" if calls is not None else "response_format"
+            raise APIError(400, f"`{param}`: {e}", param=param) from None
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         return Generation(self.engine, prompt_ids, params, self.metrics)
@@ -186,7 +193,9 @@ class OpenAIServing:
             logprobs = chat_logprobs(tokens) if chat else completion_logprobs(tokens, len(prefix))
         choice = {"index": 0, "logprobs": logprobs, "finish_reason": OPENAI_FINISH[outputs[-1].finish_reason]}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"], calls = assistant_message(text, body)
+            if calls:
+                choice["finish_reason"] = "tool_calls"
         else:
             choice["text"] = text
         if want_logprobs:
@@ -202,6 +211,7 @@ class OpenAIServing:
         threshold = self.config.threshold(body.abstain_below)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         holdback = StopHoldback(body.stop_list)
+        tools = ToolCallHoldback() if chat and body.tool_mode else None
         count = 0
         try:
             if chat:
@@ -230,6 +240,15 @@ class OpenAIServing:
                 received.append(output)
                 delta = holdback.push(output)
                 finish = OPENAI_FINISH.get(output.finish_reason) if output.finish_reason else None
+                calls = None
+                if tools is not None:
+                    delta = tools.push(delta)
+                    if finish:
+                        message, has_calls = assistant_message(tools.text, body)
+                        if has_calls:
+                            calls, finish = message["tool_calls"], "tool_calls"
+                        else:
+                            delta += tools.rest()
                 if not (delta or want_logprobs or finish):
                     continue
                 logprobs = None
@@ -237,7 +256,9 @@ class OpenAIServing:
                     logprobs = (chat_logprobs([output.token]) if chat else
                                 completion_logprobs([output.token], len(prefix) + holdback.sent - len(delta)))
                 choice = {"index": 0, "logprobs": logprobs, "finish_reason": finish}
-                if chat:
+                if calls:
+                    choice["delta"] = {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
+                elif chat:
                     choice["delta"] = {"content": delta} if delta else {}
                 else:
                     choice["text"] = delta

@@ -215,21 +215,55 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: Optional[str] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # clients add fields such as `tool_calls: null`, `name`
+    model_config = ConfigDict(extra="allow")  # clients add fields such as `name`, `refusal: null`
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Union[str, list[TextPart], None] = None
+    tool_calls: Optional[list[ToolCall]] = None  # an assistant's earlier calls
+    tool_call_id: Optional[str] = None  # the call a tool message answers
 
     @property
     def num_chars(self) -> int:
         content = self.content
-        return len(content) if isinstance(content, str) else sum(len(p.text) for p in content or [])
+        text = len(content) if isinstance(content, str) else sum(len(p.text) for p in content or [])
+        return text + sum(len(c.function.name) + len(c.function.arguments) for c in self.tool_calls or [])
 
     def as_template_message(self) -> dict:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        message = {"role": "system" if self.role == "developer" else self.role, "content": content or ""}
+        if self.tool_calls:
+            message["tool_calls"] = [c.model_dump(exclude_none=True) for c in self.tool_calls]
+        return message
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict] = None
+    strict: Optional[bool] = None
+
+
+class ToolSpec(_Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: dict  # {"name": ...}
 
 
 class ChatCompletionRequest(_OpenAISampling):
@@ -237,8 +271,8 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_N)
-    tools: Optional[list] = None
-    tool_choice: Union[str, dict, None] = None
+    tools: Optional[list[ToolSpec]] = Field(None, max_length=64)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     tool_prompt: Optional[str] = None
     parallel_tool_calls: Optional[bool] = None
 
@@ -246,5 +280,22 @@ class ChatCompletionRequest(_OpenAISampling):
     def _check(self):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("`top_logprobs` needs `logprobs: true`")
-        _unsupported(self, tools=[], tool_choice="none", tool_prompt="", parallel_tool_calls=False)
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("`tool_choice` needs `tools`")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.get("name") not in [
+                t.function.name for t in self.tools]:
+            raise ValueError(f"`tool_choice` names the function {self.tool_choice.function.get('name')!r}, which is "
+                             "not among `tools`")
+        _unsupported(self, tool_prompt="")
         return self
+
+    @property
+    def tool_mode(self) -> Optional[str]:
+        """None (no tools offered, or `tool_choice: none`), "auto", "required" or "named" (`tool_name`)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return "named" if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice or "auto"
+
+    @property
+    def tool_name(self) -> Optional[str]:
+        return self.tool_choice.function["name"] if isinstance(self.tool_choice, NamedToolChoice) else None
