@@ -30,6 +30,25 @@ def server(tiny_serve_dir):
         yield {"url": url, "model": model, "tokenizer": tokenizer, "folder": folder}
 
 
+# a corpus for a tokenizer that knows the calls' words; the model itself stays random
+TOOL_CORPUS = ["What is 12 * 7? Use the calculator.", '{"name": "calculator", "arguments": {"expression": "12*7"}}',
+               "The answer is 84.", "hello world, the quick brown fox"] * 50
+
+
+@pytest.fixture(scope="session")
+def tool_server(tmp_path_factory):
+    """A random `tiny` model with OpenLLM's tokenizer, whose chat template offers tools (API key required); yields
+    the base URL."""
+    from helpers.tiny_lm import save_tiny_model
+
+    from openllm.data.tokenizer import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tools")
+    save_tiny_model(folder, train_tokenizer(TOOL_CORPUS, vocab_size=400, show_progress=False))
+    with serve(folder) as url:
+        yield url
+
+
 @pytest.fixture(autouse=True)
 def _local_server_is_not_the_hub(monkeypatch):
     # the suite runs with HF_HUB_OFFLINE=1, which makes InferenceClient refuse every URL, loopback included

@@ -1,7 +1,9 @@
 """The chat page in a real headless browser (Debian's chromium driven by Playwright) against a real `openllm serve`:
 a message typed in the page streams an answer token by token, equal to the model's greedy continuation, each token
-coloured by the probability the model gave it; `--no-ui` turns the page off."""
+coloured by the probability the model gave it; with the calculator on, the page runs the model's calls and sends the
+results back; `--no-ui` turns the page off."""
 
+import json
 import math
 import os
 import shutil
@@ -11,6 +13,8 @@ import httpx
 import openai
 import pytest
 from server_process import API_KEY, greedy, serve
+
+from openllm.tools import call_tool
 
 CHROMIUM = os.environ.get("OPENLLM_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -165,3 +169,76 @@ def test_chat_page_shows_an_abstention(tiny_serve_dir, browser):
     assert text.startswith("Abstained: the model's confidence in its answer (0.") and text.endswith(
         "is below the threshold 1.0.")
     assert "refused" in classes and stats.endswith("· abstain") and tokens == 0
+
+
+def calculator_turn(page, url: str) -> list[dict]:
+    """Ask a question from a page on `url` with the calculator on and a call required; the bodies of the chat
+    requests the page made, once it is done. Sampling as the page does by default, seeded: this random model then
+    writes an expression the calculator evaluates (any call would do; a readable one makes a better screenshot)."""
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.add_init_script(f"localStorage.setItem('openllm-api-key', {json.dumps(API_KEY)})")
+    page.goto(url + "/chat")
+    page.wait_for_function("document.getElementById('model-meta').textContent.includes('context 256')")
+    page.check("#calculator")
+    page.select_option("#tool_choice", "required")
+    page.fill("#seed", "24")
+    page.fill("#max_tokens", "32")
+    page.fill("#input", "What is 12 * 7? Use the calculator.")
+    page.press("#input", "Enter")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant .stats').length === 2 && "
+                           "!document.getElementById('send').disabled", timeout=60_000)
+    return bodies
+
+
+def answer_text(page, index: int) -> str:
+    return page.locator(".msg.assistant").nth(index).evaluate(
+        "e => [...e.childNodes].slice(0, -1).map(n => n.textContent).join('')")
+
+
+def test_chat_page_runs_the_calculator(tool_server, browser):
+    # the model must call the calculator; the page shows the call and its result, and asks again with the result
+    errors = []
+    page = browser.new_page(viewport={"width": 1200, "height": 760})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    first, second = calculator_turn(page, tool_server)
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert first["tools"] == httpx.get(tool_server + "/v1/tools", headers=auth).json()["data"]
+    assert first["tool_choice"] == "required" and first["parallel_tool_calls"] is False
+    # the second request carries the call and its result, and lets the model answer as it likes
+    call, result = second["messages"][-2:]
+    (tool_call,) = call["tool_calls"]
+    arguments = tool_call["function"]["arguments"]
+    assert call["role"] == "assistant" and tool_call["function"]["name"] == "calculator"
+    assert result == {"role": "tool", "tool_call_id": tool_call["id"], "content": call_tool("calculator", arguments)}
+    assert second["tool_choice"] == "auto" and "parallel_tool_calls" not in second
+
+    # in the conversation: the question, an answer that is a call, the call and its result, then the final answer
+    kinds = page.eval_on_selector_all("#messages > *", "els => els.map(e => e.className)")
+    tool_line = "msg tool failed" if result["content"].startswith("error:") else "msg tool"
+    assert kinds == ["msg user", "msg assistant", tool_line, "msg assistant"]
+    assert page.text_content(".msg.assistant .stats").endswith("· tool_calls")
+    shown = f"calculator({json.loads(arguments)['expression']})"
+    assert page.text_content(".msg.tool .call") == shown
+    assert page.text_content(".msg.tool .result") == result["content"]
+    final = httpx.post(tool_server + "/v1/chat/completions", headers=auth, json={**second, "stream": False},
+                       timeout=60).json()["choices"][0]
+    assert final["finish_reason"] != "tool_calls" and answer_text(page, 1) == final["message"]["content"]
+    assert errors == []
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / "chat-page-tools.png"))
+    page.close()
+
+
+def test_chat_page_shows_tool_results_as_text(tool_server, browser):
+    # whatever a tool returns is text in the page (and is sent back as it is), never markup
+    hostile = '<img src=x onerror="window.injected = 1"><b>84</b>'
+    page = browser.new_page()
+    page.route("**/v1/tools/calculator", lambda route: route.fulfill(json={"content": hostile}))
+    _, second = calculator_turn(page, tool_server)
+    assert page.text_content(".msg.tool .result") == hostile and second["messages"][-1]["content"] == hostile
+    assert page.eval_on_selector_all("#messages img, #messages b", "els => els.length") == 0
+    assert page.evaluate("window.injected") is None
+    page.close()

@@ -2,19 +2,19 @@
 offered through the chat template, calls parsed from the answer (or forced by `tool_choice`), results sent back."""
 
 import json
+import re
 
 import httpx
 import openai
 import pytest
 from server_process import API_KEY, serve
 
-from openllm.data.tokenizer import TOOL_CALL_END, TOOL_CALL_START, train_tokenizer
+from openllm.data.tokenizer import TOOL_CALL_END, TOOL_CALL_START
 from openllm.serving.schemas import ChatCompletionRequest
 from openllm.serving.tool_calls import ToolCallHoldback, assistant_message
-from openllm.tools import CALCULATOR_SCHEMA, call_tool
+from openllm.tools import CALCULATOR_SCHEMA, calculator, call_tool
+from openllm.tools.calculator import MAX_LENGTH
 
-CORPUS = ["What is 12 * 7? Use the calculator.", '{"name": "calculator", "arguments": {"expression": "12*7"}}',
-          "The answer is 84.", "hello world, the quick brown fox"] * 50
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "The weather in a city.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
     "additionalProperties": False}}}
@@ -26,20 +26,9 @@ CALCULATOR = {"type": "function", "function": {
 QUESTION = [{"role": "user", "content": "What is 12 * 7? Use the calculator."}]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A random `tiny` model with OpenLLM's tokenizer, whose chat template offers tools."""
-    from helpers.tiny_lm import save_tiny_model
-
-    folder = tmp_path_factory.mktemp("tools")
-    save_tiny_model(folder, train_tokenizer(CORPUS, vocab_size=400, show_progress=False))
-    with serve(folder) as url:
-        yield url
-
-
 @pytest.fixture
-def client(server):
-    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+def client(tool_server):
+    return openai.OpenAI(base_url=f"{tool_server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def test_the_openai_client_tool_loop(client):
@@ -103,7 +92,7 @@ def test_streaming_holds_back_only_what_may_begin_a_call():
     assert holdback.push(f"{TOOL_CALL_START[3:]}{{...") == "" and holdback.push("more") == ""
 
 
-def test_requests_the_server_cannot_honour_are_refused(client, server, tiny_serve_dir):
+def test_requests_the_server_cannot_honour_are_refused(client, tool_server, tiny_serve_dir):
     with pytest.raises(openai.BadRequestError, match="`tool_choice` needs `tools`"):
         client.chat.completions.create(model="tiny", messages=QUESTION, tool_choice="required")
     with pytest.raises(openai.BadRequestError, match="names the function 'nope', which is not among `tools`"):
@@ -112,7 +101,7 @@ def test_requests_the_server_cannot_honour_are_refused(client, server, tiny_serv
     with pytest.raises(openai.BadRequestError, match="send one"):
         client.chat.completions.create(model="tiny", messages=QUESTION, tools=[CALCULATOR], tool_choice="required",
                                        response_format={"type": "json_object"})
-    tgi = httpx.post(f"{server}/generate", headers={"Authorization": f"Bearer {API_KEY}"},
+    tgi = httpx.post(f"{tool_server}/generate", headers={"Authorization": f"Bearer {API_KEY}"},
                      json={"inputs": "hi", "parameters": {"tools": [CALCULATOR]}})
     assert tgi.status_code == 422 and "TGI's routes take no tools" in tgi.json()["error"]
     folder = tiny_serve_dir[0]  # a chat template that knows nothing of tools
@@ -120,3 +109,41 @@ def test_requests_the_server_cannot_honour_are_refused(client, server, tiny_serv
         legacy = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
         with pytest.raises(openai.BadRequestError, match="does not offer tools to the model"):
             legacy.chat.completions.create(model="tiny", messages=QUESTION, tools=[CALCULATOR])
+
+
+def test_the_built_in_tools_over_http(tool_server):
+    # GET /v1/tools lists what a chat request takes as `tools`; POST /v1/tools/{name} runs one call, as the chat page
+    # does for the model
+    client = httpx.Client(base_url=tool_server, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    listed = client.get("/v1/tools").json()
+    (schema,) = listed["data"]
+    ChatCompletionRequest(messages=QUESTION, tools=listed["data"])  # accepted as they are
+    function = schema["function"]
+    assert function["name"] == "calculator" and "return" not in function
+    expression = function["parameters"]["properties"]["expression"]
+    assert expression["maxLength"] == MAX_LENGTH
+    # the schema's characters are the calculator's: every one it allows, the calculator reads
+    allowed = [c for c in map(chr, range(32, 127)) if re.fullmatch(expression["pattern"], c)]
+    assert set("0123456789+-*/%(). ") <= set(allowed) and not any(c.isalpha() and c not in "eE" for c in allowed)
+    assert all("unexpected character" not in calculator(c) for c in allowed)
+
+    def run(name, body):
+        return client.post(f"/v1/tools/{name}", json=body)
+
+    assert run("calculator", {"arguments": {"expression": "12*7"}}).json() == {"content": "84"}
+    assert run("calculator", {"arguments": '{"expression": "7/2"}'}).json() == {"content": "3.5"}  # OpenAI's text
+    for arguments in ({"expression": "__import__('os').system('id')"}, {"expression": "9**9**9**9"},
+                      {"expression": "(" * 5000}, {"expr": "1"}, "not json", {"expression": ["1"]}):
+        response = run("calculator", {"arguments": arguments})
+        assert response.status_code == 200 and response.json()["content"] == call_tool("calculator", arguments)
+        assert response.json()["content"].startswith("error: ")
+    unknown = run("shell", {"arguments": {"command": "id"}})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+    assert "the tools are calculator" in unknown.json()["error"]["message"]
+    wrong = run("calculator", {"arguments": 12})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "arguments"
+    assert wrong.json()["error"]["message"] == "arguments: must be a JSON object, or its JSON text"
+    assert client.post("/v1/tools/calculator", content='{"arguments": {}}').status_code == 415  # JSON only
+    for request in (httpx.get(f"{tool_server}/v1/tools"), httpx.post(f"{tool_server}/v1/tools/calculator",
+                                                                      json={"arguments": {"expression": "1"}})):
+        assert request.status_code == 401 and request.json()["error"]["type"] == "authentication_error"

@@ -1,7 +1,7 @@
 """The HTTP application: one router per family of routes, each a module of its own: `tgi_routes` (`/`, `/generate`,
 `/generate_stream`, `/tokenize`, `/info`), `openai_routes` (`/v1/completions`, `/v1/chat/completions`, `/v1/models`),
-`server_routes` (`/health`, `/metrics`, `/model-info`, `GET /`) and `chat_page` (`/chat`). The routes read the
-engine, the settings and the metrics from `app.state`.
+`server_routes` (`/health`, `/metrics`, `/model-info`, `GET /`, `/v1/tools`) and `chat_page` (`/chat`). The routes
+read the engine, the settings and the metrics from `app.state`.
 
 Every route hands its request to the shared `Engine` and awaits the tokens it reports, so requests from many
 clients are generated together in one batch; the event loop never runs the model.
@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..tools import TOOLS
 from . import chat_page, openai_routes, server_routes, tgi_routes
 from .api import APIError, Dispatcher, ServerConfig, error_response
 from .engine import Engine
@@ -24,7 +25,8 @@ from .metrics import ServerMetrics
 logger = logging.getLogger("openllm.serve")
 
 ROUTES = ("/", "/generate", "/generate_stream", "/tokenize", "/info", "/health", "/metrics", "/model-info",
-          "/v1/models", "/v1/completions", "/v1/chat/completions", "/chat")
+          "/v1/models", "/v1/completions", "/v1/chat/completions", "/chat", "/v1/tools",
+          *(f"/v1/tools/{name}" for name in TOOLS))
 
 __all__ = ["ServerConfig", "create_app", "init_app_state", "lifespan"]
 

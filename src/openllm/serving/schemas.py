@@ -299,3 +299,18 @@ class ChatCompletionRequest(_OpenAISampling):
     @property
     def tool_name(self) -> Optional[str]:
         return self.tool_choice.function["name"] if isinstance(self.tool_choice, NamedToolChoice) else None
+
+
+# ---------------------------------------------------------------------------------------------------- tools
+class ToolRunRequest(_Strict):
+    """`POST /v1/tools/{name}`: the arguments of one call, as an object or as its JSON text (OpenAI's
+    `function.arguments`)."""
+
+    arguments: Union[dict, str] = Field(default_factory=dict)
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _object_or_text(cls, value):
+        if not isinstance(value, (dict, str)):
+            raise ValueError("must be a JSON object, or its JSON text")
+        return value
