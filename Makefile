@@ -4,8 +4,9 @@
 #   make quickstart   tokenizer → pretrain → eval → model card, offline, on a CPU
 #   make chain        quickstart model → SFT → reward model → DPO → RLHF → evaluation → served answer, offline
 #   make test         the test suite (fast, CPU)
-#   make test-compat  model, export, CLI and kill-and-resume training tests on transformers 4.57, with ONNX
+#   make test-compat  model, export, calibration, CLI and kill-and-resume tests on transformers 4.57, with ONNX
 #   make test-vllm    vLLM (its CPU build without a GPU) loads and serves OpenLLM folders, in its own environment
+#   make install-llamacpp  llama-cpp-python's server in its own environment, for benchmarks/bench_engines.py
 #   make bench        benchmarks; writes tables into README.md
 #   make notebooks    write notebooks/*.ipynb from their jupytext sources (notebooks/*.py), then run each one
 
@@ -13,12 +14,13 @@ PYTHON ?= python3
 VENV ?= .venv
 VENV_COMPAT ?= .venv-compat
 VENV_VLLM ?= .venv-vllm
+VENV_LLAMACPP ?= .venv-llamacpp
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 export PYTHONPATH := src
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-browser install-compat install-vllm test-vllm quickstart chain test test-compat slow_test bench style quality clean notebooks
+.PHONY: install install-browser install-compat install-vllm install-llamacpp test-vllm quickstart chain test test-compat slow_test bench style quality clean notebooks
 
 # torch goes in first: a plain `torch` requirement on a machine without it pulls several GB of CUDA wheels.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -30,7 +32,7 @@ define install_torch
 	fi
 endef
 
-# every virtualenv (.venv, .venv-compat, .venv-vllm) starts the same way
+# every virtualenv (.venv, .venv-compat, .venv-vllm, .venv-llamacpp) starts the same way
 %/bin/python:
 	$(PYTHON) -m venv $*
 	$*/bin/pip install --upgrade pip
@@ -72,6 +74,12 @@ $(VENV_VLLM)/.installed: pyproject.toml | $(VENV_VLLM)/bin/python
 		"transformers==$$($(VENV_VLLM)/bin/python -c 'import transformers; print(transformers.__version__)')"
 	touch $@
 
+# llama.cpp's server (llama-cpp-python builds it from source: minutes), for the engine benchmark; no torch needed
+install-llamacpp: $(VENV_LLAMACPP)/.installed
+$(VENV_LLAMACPP)/.installed: | $(VENV_LLAMACPP)/bin/python
+	$(VENV_LLAMACPP)/bin/pip install "llama-cpp-python[server]>=0.3"
+	touch $@
+
 test-vllm: install-vllm
 	$(VENV_VLLM)/bin/python -m pytest tests/engines -m vllm -q -p no:cacheprovider
 
@@ -85,9 +93,11 @@ chain: install
 test: install install-browser
 	$(BIN)/python -m pytest -m "not slow and not onnx and not vllm" -q
 
-# the model and export tests again on transformers 4.57, where optimum's ONNX exporter runs
+# the model, export, calibration and chat-template tests again on transformers 4.57, where optimum's ONNX exporter runs
 test-compat: install-compat
 	$(VENV_COMPAT)/bin/python -m pytest tests/models tests/export tests/data/test_tokenizer_portable.py tests/test_cli.py \
+		tests/data/test_chat_template.py tests/tools \
+		tests/evaluation/test_calibration.py \
 		tests/training/test_recipe_configs.py tests/training/test_run_guards.py \
 		tests/training/test_reliability.py::test_pretraining_killed_anywhere_ends_as_the_uninterrupted_run \
 		tests/training/test_reliability.py::test_sft_killed_anywhere_ends_as_the_uninterrupted_run \

@@ -30,7 +30,10 @@ SCALING_LEVELS = ((1, 4), (16, 2))  # (concurrent clients, requests each) in eve
 SAMPLED = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
 
 
-def make_model(folder: Path, preset: str = "small"):
+def make_model(folder: Path, preset: str = "small", **overrides):
+    """A random-weight model of `preset` (fields of its config overridden by `overrides`) and a byte-level BPE
+    tokenizer trained on Python's standard library sources, saved in `folder`; no EOS token, so that every request
+    generates exactly the tokens it asks for."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -46,7 +49,7 @@ def make_model(folder: Path, preset: str = "small"):
                                         model_input_names=["input_ids", "attention_mask"])
     torch.manual_seed(0)
     # no eos_token_id in the model config: every request generates exactly NEW_TOKENS tokens
-    config = openllm.get_preset_config(preset, vocab_size=len(tokenizer), eos_token_id=None)
+    config = openllm.get_preset_config(preset, **{"vocab_size": len(tokenizer), "eos_token_id": None, **overrides})
     model = openllm.OpenLLMForCausalLM(config).eval()
     model.generation_config.eos_token_id = None
     model.save_pretrained(folder)
