@@ -101,10 +101,10 @@ def passages(tokenizer, count: int, tokens: int = 120) -> list[str]:
 
 
 def speculative() -> dict:
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     folder = quickstart_model()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     texts = passages(tokenizer, SPEC_PASSAGES)
     workloads = {
         "repeats its context": [f"{p}\n\nThe same text again:\n\n{p[:len(p) // 4]}" for p in texts],
