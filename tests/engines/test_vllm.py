@@ -39,7 +39,7 @@ if __name__ == "__main__":
 """
 
 
-def trained_folder(folder: Path, moe: bool) -> Path:
+def trained_folder(folder: Path, moe: bool, **overrides) -> Path:
     """A tiny OpenLLM model trained for a few hundred steps on a small corpus, saved with its code."""
     from helpers.tiny_lm import CORPUS, train_tokenizer
 
@@ -49,7 +49,7 @@ def trained_folder(folder: Path, moe: bool) -> Path:
     tokenizer = train_tokenizer()
     config = openllm.get_preset_config("tiny", vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                       **SHAPE, **(MOE if moe else {}))
+                                       **SHAPE, **(MOE if moe else {}), **overrides)
     model = openllm.OpenLLMForCausalLM(config)
     batch = tokenizer(CORPUS[:6], return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -59,6 +59,7 @@ def trained_folder(folder: Path, moe: bool) -> Path:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        model.update_router_bias()
     model.eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -95,15 +96,27 @@ def moe(tmp_path_factory):
     return trained_folder(tmp_path_factory.mktemp("moe"), moe=True)
 
 
+@pytest.fixture(scope="module")
+def moe_loss_free(tmp_path_factory):
+    """Balanced by a routing bias (saved in the folder) instead of the auxiliary loss."""
+    return trained_folder(tmp_path_factory.mktemp("moe-loss-free"), moe=True, router_expert_bias=True,
+                          router_bias_update_rate=0.01, router_aux_loss_coef=0.0)
+
+
 def test_the_folder_maps_the_base_model_for_vllm(dense):
     config = json.loads((dense / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_openllm.OpenLLMModel"
     assert (dense / "modeling_openllm.py").exists()
 
 
-@pytest.mark.parametrize("kind", ["dense", "moe"])
+@pytest.mark.parametrize("kind", ["dense", "moe", "moe_loss_free"])
 def test_vllm_transformers_backend_decodes_as_transformers(kind, request):
     folder = request.getfixturevalue(kind)
+    if kind == "moe_loss_free":
+        from safetensors.torch import load_file
+
+        biases = [v for k, v in load_file(folder / "model.safetensors").items() if "e_score_correction_bias" in k]
+        assert len(biases) == 2 and all(b.abs().max() > 0.05 for b in biases)  # a bias that changes choices
     expected = transformers_greedy(folder)
     assert len({tuple(t) for t in expected}) > 1  # a trained model: the prompts lead to different text
     assert vllm_greedy(folder, "transformers") == expected

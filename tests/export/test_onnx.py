@@ -118,3 +118,28 @@ def test_bad_requests_are_refused(dense_dir, dense_onnx, tmp_path):
     (no_code / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="has no modeling code"):
         export_onnx(no_code, tmp_path / "y")
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("fields", [{"logits_temperature": 0.8, "logits_bias": "ramp"},
+                                    {"beta_calibration": [0.6, 1.7, 0.3]}], ids=["platt", "beta"])
+def test_calibration_is_part_of_the_exported_graph(tmp_path, fields):
+    """`openllm calibrate`'s Platt and beta scaling happen in the forward pass, so the ONNX graph computes them."""
+    pytest.importorskip("optimum.exporters.onnx")
+    from tiny_checkpoints import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "calibrated")
+    config = json.loads((folder / "config.json").read_text())
+    if fields.get("logits_bias") == "ramp":
+        fields = {**fields, "logits_bias": torch.linspace(-3, 3, config["vocab_size"]).tolist()}
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+    out = export_onnx(folder, tmp_path / "onnx")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(" ".join(PROMPTS), return_tensors="pt")
+    with torch.no_grad():
+        reference = AutoModelForCausalLM.from_pretrained(folder).eval()
+        plain = AutoModelForCausalLM.from_pretrained(folder, logits_temperature=1.0, logits_bias=None,
+                                                     beta_calibration=None).eval()
+        expected, raw = reference(**ids).logits, plain(**ids).logits
+    assert (expected - raw).abs().max() > 0.1  # the calibration changes the logits
+    torch.testing.assert_close(load_onnx_model(out)(**ids).logits, expected, atol=1e-4, rtol=1e-4)

@@ -70,6 +70,38 @@ def test_card_metadata_parses_and_matches_eval_results(evaluated_dir):
     assert check_model_card(path).data.to_dict() == data.to_dict()
 
 
+def test_card_reports_the_calibration_chosen_and_ece_before_and_after(evaluated_dir, tmp_path, tokenizer):
+    from openllm.evaluation.calibration import calibrate_model, write_calibrated_folder
+    from openllm.models.loading import load_causal_lm
+
+    folder = tmp_path / "openllm-tiny-calibrated"
+    shutil.copytree(evaluated_dir[0], folder)
+    model, _ = load_causal_lm(str(folder), device="cpu")
+    report = calibrate_model(model, tokenizer, CORPUS[:12], block_size=32)
+    report["dataset"] = {"name": "held_out.jsonl"}
+    write_calibrated_folder(folder, folder, report)
+    text = write_model_card(folder).read_text()
+    section = text.split("### Calibration")[1].split("###")[0]
+    chosen = report["method"]
+    assert chosen == "platt"  # an untrained model's token frequencies are far off: per-token biases fix most of it
+    assert ("calibrated by **Platt scaling (a scale and a per-token bias on the logits)**, applied in the model's own "
+            "forward pass (`openllm calibrate`): of temperature, beta, platt, the method with the lowest next-token "
+            "NLL in 2-fold cross-validation") in " ".join(section.split())
+    assert f"{report['before']['ece']:.4f} before, {report['after']['ece']:.4f} after" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "Calibration" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| none (before)", "| temperature", "| beta",
+                                                     "| **platt** (chosen)"]
+    for row, metrics in zip(rows, [report["before"], *(r["after"] for r in report["methods"].values())]):
+        assert f"| {metrics['nll']:.4f} | {metrics['ece']:.4f} | {metrics['brier']:.4f} |" in row
+    assert "![Reliability diagrams before and after calibration](calibration.png)" in section
+    # a calibration.json from before the choice among methods existed: temperature scaling
+    old = {"temperature": 2.0, "fit": report["fit"], "eval": report["eval"], "before": report["before"],
+           "after": report["methods"]["temperature"]["after"], "settings": {}}
+    (folder / "calibration.json").write_text(json.dumps(old))
+    section = write_model_card(folder).read_text().split("### Calibration")[1]
+    assert "calibrated by **temperature scaling**" in section and "| **temperature** (chosen) |" in section
+
+
 def test_moe_card_has_exact_total_and_active_counts(tmp_path, tokenizer):
     model = save_tiny_model(tmp_path, tokenizer, preset="tiny-moe")
     text = write_model_card(tmp_path).read_text()

@@ -1,3 +1,4 @@
 """Evaluation: held-out perplexity, bits per byte and calibration (`perplexity`), generation (`generation`),
-lm-evaluation-harness (`harness`, `tasks/`), temperature scaling (`calibration`), sequence confidence and abstention
-(`confidence`), answer accuracy with risk-coverage (`answers`), epistemic vs aleatoric uncertainty (`uncertainty`)."""
+lm-evaluation-harness (`harness`, `tasks/`), temperature, Platt or beta scaling (`calibration`), sequence confidence
+and abstention (`confidence`), answer accuracy with risk-coverage (`answers`), epistemic vs aleatoric uncertainty
+(`uncertainty`)."""

@@ -8,7 +8,7 @@ ranks right answers above wrong ones.
 
 A sequence's confidence is the geometric mean of its tokens' probabilities, `exp(mean log p)`: a probability, so a
 threshold reads the same for short and long answers, and it is what the per-token log-probabilities of the TGI
-`details` and OpenAI `logprobs` fields add up to. The model's own (temperature-scaled, see `openllm calibrate`)
+`details` and OpenAI `logprobs` fields add up to. The model's own (calibrated, see `openllm calibrate`)
 distribution is used, never the sampling-adjusted one.
 
 Risk-coverage (Geifman & El-Yaniv, 2017): answer only the fraction `coverage` of questions the model is most confident

@@ -1,5 +1,5 @@
 """Calibration of top-1 predictions: reliability bins, expected calibration error, Brier score and the reliability
-diagram. Shared by `openllm eval` (`perplexity`) and temperature scaling (`calibration`).
+diagram. Shared by `openllm eval` (`perplexity`) and `openllm calibrate` (`calibration`).
 
 - `ece` is the expected calibration error over equal-width confidence bins (lo, hi] (Guo et al., 2017):
   sum over bins of (bin count / total) * |accuracy - mean confidence|.

@@ -76,19 +76,30 @@ def _read_rope(config) -> tuple[float, dict]:
     return float(theta), rope
 
 
-def check_no_temperature(config, target: str) -> None:
-    """Refuse a calibrated model: `target` has no logits temperature, so the calibration would be silently lost."""
+def check_no_calibration(config, target: str) -> None:
+    """Refuse a calibrated model: `target` has no field for its calibration, so it would be silently lost."""
     temperature = getattr(config, "logits_temperature", 1.0)
+    lost = f"and {target} has no such field, so the exported model would lose its calibration"
+    if getattr(config, "beta_calibration", None) is not None:
+        raise ValueError(f"This model is calibrated: beta calibration (beta_calibration={config.beta_calibration}, "
+                         f"set by `openllm calibrate`) rescales its top-1 probability, {lost}. Export a copy without "
+                         "beta_calibration in its config.json, or calibrate with `--methods temperature` first.")
+    if getattr(config, "logits_bias", None) is not None:
+        raise ValueError(f"This model is calibrated: Platt scaling (set by `openllm calibrate`) divides its logits by "
+                         f"logits_temperature={temperature:g} and adds a per-token logits_bias, {lost}. Export a copy "
+                         "without both in its config.json; an engine that adds a per-token logit bias before its "
+                         f"temperature reproduces it with logit_bias = {temperature:g} × logits_bias, sampled at "
+                         f"temperature {temperature:g} × your usual temperature.")
     if temperature != 1.0:
         raise ValueError(f"This model is calibrated: its logits are divided by logits_temperature={temperature:g} "
-                         f"(set by `openllm calibrate`), and {target} has no such field, so the exported model "
-                         "would lose its calibration. Set logits_temperature to 1.0 in a copy's config.json, export "
-                         f"that, and sample it at temperature {temperature:g} × your usual temperature.")
+                         f"(set by `openllm calibrate`), {lost}. Set logits_temperature to 1.0 in a copy's "
+                         f"config.json, export that, and sample it at temperature {temperature:g} × your usual "
+                         "temperature.")
 
 
 def llama_config(config):
     """`LlamaConfig` equivalent to a dense `OpenLLMConfig`."""
-    check_no_temperature(config, "Llama")
+    check_no_calibration(config, "Llama")
     if config.num_experts:
         raise ValueError(f"This is a Mixture-of-Experts model ({config.num_experts} experts); Llama is dense. "
                          "Convert it with `--to mixtral` instead.")
@@ -102,7 +113,7 @@ def llama_config(config):
 
 def mixtral_config(config):
     """`MixtralConfig` equivalent to an MoE `OpenLLMConfig` whose every layer is an MoE layer."""
-    check_no_temperature(config, "Mixtral")
+    check_no_calibration(config, "Mixtral")
     if not config.num_experts:
         raise ValueError("This is a dense model (num_experts=0); Mixtral is a Mixture-of-Experts architecture. "
                          "Convert it with `--to llama` instead.")

@@ -8,6 +8,8 @@ Inputs, all read from the folder (see `model_cards/README.md` for the templates 
 - training_summary.json (optional): stage, data and token counts, hyperparameters, the training curve;
 - eval_results.json (optional, written by `openllm eval ... --output-dir FOLDER`): final numbers, which also go into
   the card's `model-index` metadata, and sample generations.
+- calibration.json (optional, written by `openllm calibrate`): the calibration method chosen and applied in the
+  forward pass, and ECE, NLL, Brier and accuracy before and after each candidate on held-out tokens.
 Whatever is missing is reported as not evaluated, never filled in.
 """
 
@@ -41,6 +43,10 @@ CARD_METRICS = [("perplexity", "perplexity", "Perplexity"), ("bits_per_byte", "b
                 ("ece", "expected_calibration_error", "Expected calibration error (15 bins)"),
                 ("brier", "brier_score", "Brier score (multi-class)")]
 CURVE_FILE = "training_curve.png"
+CALIBRATION_FILE, CALIBRATION_PLOT = "calibration.json", "calibration.png"  # written by `openllm calibrate`
+CALIBRATION_METHODS = {"none": "no calibration", "temperature": "temperature scaling",
+                       "platt": "Platt scaling (a scale and a per-token bias on the logits)",
+                       "beta": "beta calibration of the top-1 probability"}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -204,6 +210,25 @@ DEFAULT_LIMITATIONS = (
 )
 
 
+def calibration_context(folder: Path) -> dict | None:
+    """What the card says about `openllm calibrate`'s choice: the method, its candidates' numbers on held-out tokens
+    (`rows`, before first) and the reliability diagrams; None when the folder was not calibrated."""
+    report = _read_json(folder / CALIBRATION_FILE)
+    if not report:
+        return None
+    if "method" not in report:  # written before the choice among methods existed: temperature scaling only
+        report = {**report, "method": "temperature", "methods": {"temperature": {"after": report["after"]}},
+                  "selection": None}
+    rows = [{"method": "none (before)", "chosen": report["method"] == "none", **report["before"]}]
+    rows += [{"method": name, "chosen": name == report["method"], **result["after"]}
+             for name, result in report["methods"].items()]
+    return {"method": report["method"], "name": CALIBRATION_METHODS.get(report["method"], report["method"]),
+            "candidates": list(report["methods"]), "selection": report.get("selection"), "fit": report["fit"],
+            "eval": report["eval"], "dataset": (report.get("dataset") or {}).get("name"), "rows": rows,
+            "ece_before": report["before"]["ece"], "ece_after": report["after"]["ece"],
+            "plot": CALIBRATION_PLOT if (folder / CALIBRATION_PLOT).is_file() else None}
+
+
 def before_and_after(metrics: dict) -> list[dict]:
     """Every held-out metric the run measured both before (`initial_<name>`) and after training."""
     changes = []
@@ -250,6 +275,7 @@ def build_context(folder, **overrides) -> dict:
         "arch": arch,
         "eval": eval_results,
         "reliability": None,
+        "calibration": calibration_context(folder),
         "samples": (eval_results or {}).get("samples") or [],
         "sample_settings": (eval_results or {}).get("sample_settings"),
         "not_evaluated": _not_evaluated(stage, eval_results),

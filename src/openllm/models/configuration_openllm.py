@@ -45,10 +45,24 @@ class OpenLLMConfig(PretrainedConfig):
         norm_topk_prob (`bool`, defaults to `True`): renormalise the top-k routing weights to sum to one.
         router_aux_loss_coef (`float`, defaults to 0.01): weight of the load-balancing loss in the training loss.
         router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss (ST-MoE) in the training loss.
+        router_expert_bias (`bool`, defaults to `False`): balance the experts without a loss (DeepSeek-V3): each
+            router keeps a per-expert bias, saved with the weights (`mlp.gate.e_score_correction_bias`), that is added
+            to the routing probabilities to choose the experts but not to their weights. Training moves it instead of
+            a gradient; usually paired with `router_aux_loss_coef=0`. Mixtral and llama.cpp cannot express it.
+        router_bias_update_rate (`float`, defaults to 0.001): after each optimizer step (`update_router_bias`),
+            each bias moves by this much toward the experts that received fewer than the mean number of tokens, away
+            from the others. 0 freezes the biases.
         output_router_logits (`bool`, defaults to `False`): return every MoE layer's router logits.
         logits_temperature (`float`, defaults to 1.0): the forward pass returns `logits / logits_temperature`;
             `openllm calibrate` fits it on held-out text (temperature scaling), so generation, evaluation and serving
             all use the calibrated distribution.
+        logits_bias (`list[float]`, *optional*): one bias per token, added after the temperature: the logits become
+            `logits / logits_temperature + logits_bias` (Platt scaling, fitted by `openllm calibrate`). Null adds
+            nothing.
+        beta_calibration (`list[float]`, *optional*): `[a, b, c]` of beta calibration (Kull et al., 2017), applied
+            last: the top-1 probability p becomes `1 / (1 + 1 / (e^c p^a / (1 - p)^b))`, the other tokens share the
+            rest in their old proportions, and the forward pass returns these log-probabilities as its logits. Null
+            applies none.
         qk_norm (`bool`, defaults to `False`): RMSNorm over each head's queries and keys before RoPE (OLMo 2, Qwen3),
             which keeps attention logits bounded at high learning rates. Llama cannot express it.
         zero_init_output_projections (`bool`, defaults to `False`): start the projections that write into the
@@ -102,8 +116,12 @@ class OpenLLMConfig(PretrainedConfig):
         norm_topk_prob=True,
         router_aux_loss_coef=0.01,
         router_z_loss_coef=0.001,
+        router_expert_bias=False,
+        router_bias_update_rate=0.001,
         output_router_logits=False,
         logits_temperature=1.0,
+        logits_bias=None,
+        beta_calibration=None,
         qk_norm=False,
         zero_init_output_projections=False,
         final_logit_softcapping=None,
@@ -142,8 +160,12 @@ class OpenLLMConfig(PretrainedConfig):
         self.norm_topk_prob = norm_topk_prob
         self.router_aux_loss_coef = router_aux_loss_coef
         self.router_z_loss_coef = router_z_loss_coef
+        self.router_expert_bias = router_expert_bias
+        self.router_bias_update_rate = router_bias_update_rate
         self.output_router_logits = output_router_logits
         self.logits_temperature = float(logits_temperature)
+        self.logits_bias = None if logits_bias is None else [float(x) for x in logits_bias]
+        self.beta_calibration = None if beta_calibration is None else [float(x) for x in beta_calibration]
         self.qk_norm = qk_norm
         self.zero_init_output_projections = zero_init_output_projections
         self.final_logit_softcapping = final_logit_softcapping
@@ -185,6 +207,18 @@ class OpenLLMConfig(PretrainedConfig):
                  f"got {self.num_experts_per_tok}.")
         if not self.logits_temperature > 0:
             fail(f"`logits_temperature` must be > 0, got {self.logits_temperature}.")
+
+        def finite(values):
+            return all(abs(v) < float("inf") for v in values)  # NaN fails too
+
+        if self.logits_bias is not None and (len(self.logits_bias) != self.vocab_size or not finite(self.logits_bias)):
+            fail(f"`logits_bias` must hold one finite number per token ({self.vocab_size}), got "
+                 f"{len(self.logits_bias)} values.")
+        beta = self.beta_calibration
+        if beta is not None and (len(beta) != 3 or not finite(beta) or min(beta[:2]) < 0):
+            fail(f"`beta_calibration` must be [a, b, c] with finite a, b >= 0, got {beta}.")
+        if self.router_bias_update_rate < 0:
+            fail(f"`router_bias_update_rate` must be >= 0, got {self.router_bias_update_rate}.")
         if self.decoder_sparse_step < 1:
             fail(f"`decoder_sparse_step` must be >= 1, got {self.decoder_sparse_step}.")
         cap = self.final_logit_softcapping
@@ -201,6 +235,9 @@ class OpenLLMConfig(PretrainedConfig):
         if self.qk_norm:
             reasons.append("qk_norm=True normalises queries and keys inside attention, which Llama and Mixtral "
                            "attention do not do")
+        if self.num_experts and self.router_expert_bias:
+            reasons.append("router_expert_bias=True chooses experts with a per-expert bias on the routing "
+                           "probabilities, which Mixtral's router does not have")
         if self.final_logit_softcapping:
             reasons.append(f"final_logit_softcapping={self.final_logit_softcapping} caps the logits with tanh, "
                            "which Llama and Mixtral heads do not do")

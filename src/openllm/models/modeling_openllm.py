@@ -32,6 +32,14 @@ try:  # transformers >= 5: init helpers that leave already-loaded tensors alone
 except ImportError:  # transformers 4.57 marks loaded modules itself
     from torch.nn import init
 
+try:  # transformers >= 5: `from_pretrained(..., experts_implementation=...)` picks the experts' kernel
+    from transformers.integrations.moe import ExpertsInterface, use_experts_implementation
+except ImportError:  # transformers 4.57: `OpenLLMExperts.forward` picks it
+    ExpertsInterface = None
+
+    def use_experts_implementation(experts_class=None, **kwargs):
+        return lambda cls: cls
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The few places where transformers 4.57 and 5.x differ
@@ -169,22 +177,112 @@ class OpenLLMTopKRouter(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        if config.router_expert_bias:
+            # loss-free balancing (DeepSeek-V3): an offset on the scores that choose the experts, not on their
+            # weights, moved toward balanced load by `update_router_bias` and never by gradient
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts))
+            # tokens per expert in training since the last update; not a buffer, which DDP would overwrite with
+            # rank 0's
+            self.routed_tokens = None
 
     def forward(self, hidden_states: torch.Tensor):
         router_logits = F.linear(hidden_states, self.weight)  # (N, E)
         # routing decisions in fp32: bf16 ties flip which experts win
         probs = F.softmax(router_logits.float(), dim=-1)
-        top_weights, top_index = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
+        bias = getattr(self, "e_score_correction_bias", None)
+        if bias is None:
+            top_weights, top_index = torch.topk(probs, self.top_k, dim=-1)  # (N, k)
+        else:
+            top_index = torch.topk(probs + bias.float(), self.top_k, dim=-1).indices
+            top_weights = probs.gather(-1, top_index)
+            if self.training:
+                self._observe_load(top_index)
         if self.norm_topk_prob:
             top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True)
         return router_logits, top_weights.to(hidden_states.dtype), top_index
 
+    @torch.compiler.disable  # a graph break, so that compiled training still counts
+    def _observe_load(self, top_index):
+        counts = torch.bincount(top_index.flatten(), minlength=self.weight.shape[0])
+        self.routed_tokens = counts if self.routed_tokens is None else self.routed_tokens + counts
 
+
+def eager_experts_forward(module, hidden_states, top_k_index, top_k_weights):
+    """The reference: a loop over the experts that received tokens, each gathering its tokens and adding its output
+    back with `index_add_`."""
+    out = torch.zeros_like(hidden_states)
+    with torch.no_grad():
+        expert_mask = F.one_hot(top_k_index, num_classes=module.num_experts).permute(2, 1, 0)  # (E, k, N)
+        experts_hit = (expert_mask.sum(dim=(-1, -2)) > 0).nonzero().flatten().tolist()
+    for e in experts_hit:
+        slot, token = torch.where(expert_mask[e])
+        gate, up = F.linear(hidden_states[token], module.gate_up_proj[e]).chunk(2, dim=-1)
+        y = F.linear(module.act_fn(gate) * up, module.down_proj[e]) * top_k_weights[token, slot, None]
+        out.index_add_(0, token, y.to(out.dtype))
+    return out
+
+
+_GROUPED_MM = getattr(F, "grouped_mm", None)  # torch >= 2.10
+
+
+def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """(S, in) rows in groups (`ends`: cumulative row counts, int32), each group times its (in, out) matrix of
+    `weight` (G, in, out) → (S, out)."""
+    if _GROUPED_MM is not None:
+        if x.device.type == "cpu":
+            fits = weight.data_ptr() % 16 == 0  # torch 2.10's CPU kernel needs aligned (not memory-mapped) weights
+        else:
+            fits = (x.device.type == "cuda" and x.dtype == torch.bfloat16
+                    and torch.cuda.get_device_capability(x.device) >= (8, 0))
+        if fits:
+            return _GROUPED_MM(x, weight, offs=ends)
+    # no grouped kernel here: one matmul per expert over its contiguous rows
+    sizes = torch.diff(ends, prepend=ends.new_zeros(1)).tolist()
+    return torch.cat([rows @ w for rows, w in zip(x.split(sizes), weight)])
+
+
+def grouped_experts_forward(module, hidden_states, top_k_index, top_k_weights):
+    """Every expert in one grouped matmul per projection: the (token, slot) pairs sorted by expert so that each
+    expert's rows are contiguous, one gather before and one reordering after. Equals `eager_experts_forward`: the same
+    products per row, and for top-2 the same sum."""
+    num_tokens, k = top_k_index.shape
+    expert_ids, order = torch.sort(top_k_index.reshape(-1), stable=True)  # (N*k,)
+    experts = torch.arange(module.num_experts, device=expert_ids.device)
+    ends = torch.searchsorted(expert_ids, experts, right=True, out_int32=True)  # (E,)
+    x = hidden_states.index_select(0, order // k)
+    gate_up, down = module.gate_up_proj.transpose(1, 2), module.down_proj.transpose(1, 2)  # (E, H, 2I), (E, I, H)
+    device = x.device.type
+    if _GROUPED_MM is not None and torch.is_autocast_enabled(device):
+        # autocast does not cover the grouped kernel: cast once, as F.linear would in each expert's matmul
+        dtype = torch.get_autocast_dtype(device)
+        x, gate_up, down = x.to(dtype), gate_up.to(dtype), down.to(dtype)
+    # gate and up apart, as the dense MLP does: contiguous halves, where one product's would be strided
+    intermediate = gate_up.shape[-1] // 2
+    gate = _grouped_mm(x, gate_up[..., :intermediate], ends)
+    up = _grouped_mm(x, gate_up[..., intermediate:], ends)
+    y = _grouped_mm(module.act_fn(gate) * up, down, ends)
+    y = torch.empty_like(y).index_copy(0, order, y).view(num_tokens, k, -1)  # back to (token, slot) order
+    return (y * top_k_weights[..., None]).sum(1).to(hidden_states.dtype)
+
+
+if ExpertsInterface is not None:  # the registry's own kernels, with ours as "grouped_mm", the default
+    EXPERTS_FUNCTIONS = ExpertsInterface()
+    EXPERTS_FUNCTIONS["grouped_mm"] = grouped_experts_forward
+else:
+    EXPERTS_FUNCTIONS = None
+
+
+@use_experts_implementation(experts_interface=EXPERTS_FUNCTIONS)
 class OpenLLMExperts(nn.Module):
-    """All experts of one layer as fused 3-D weights: `gate_up_proj` (E, 2I, H) and `down_proj` (E, H, I)."""
+    """All experts of one layer as fused 3-D weights: `gate_up_proj` (E, 2I, H) and `down_proj` (E, H, I).
+
+    `grouped_experts_forward` computes them unless `config._experts_implementation` names another kernel ("eager":
+    the loop of `eager_experts_forward`; transformers 5 also offers "batched_mm" and accelerator kernels).
+    """
 
     def __init__(self, config: OpenLLMConfig):
         super().__init__()
+        self.config = config
         self.num_experts = config.num_experts
         self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * config.moe_intermediate_size,
                                                      config.hidden_size))
@@ -193,16 +291,10 @@ class OpenLLMExperts(nn.Module):
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        out = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)  # (E, k, N)
-            experts_hit = (expert_mask.sum(dim=(-1, -2)) > 0).nonzero().flatten().tolist()
-        for e in experts_hit:
-            slot, token = torch.where(expert_mask[e])
-            gate, up = F.linear(hidden_states[token], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(self.act_fn(gate) * up, self.down_proj[e]) * top_k_weights[token, slot, None]
-            out.index_add_(0, token, y.to(out.dtype))
-        return out
+        # on transformers 5 the decorator dispatches, and calls this for "eager" only
+        if getattr(self.config, "_experts_implementation", None) == "eager":
+            return eager_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+        return grouped_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
 
 class OpenLLMSparseMoeBlock(nn.Module):
@@ -339,14 +431,17 @@ def _token_mask(router_logits: torch.Tensor, attention_mask: Optional[torch.Tens
     return attention_mask.reshape(-1).to(router_logits.device, torch.float32)
 
 
-def load_balancing_loss(router_logits: torch.Tensor, top_k: int, attention_mask=None) -> torch.Tensor:
+def load_balancing_loss(router_logits: torch.Tensor, top_k: int, attention_mask=None,
+                        expert_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Switch-Transformer auxiliary loss for one layer: `E * sum_e f_e * P_e`, equal to `top_k` when balanced.
 
-    `f_e` is the fraction of routing slots sent to expert e and `P_e` its mean router probability.
+    `f_e` is the fraction of routing slots sent to expert e (chosen with the router's `expert_bias`, if any) and
+    `P_e` its mean router probability.
     """
     num_experts = router_logits.shape[-1]
     probs = F.softmax(router_logits.float(), dim=-1)  # (N, E)
-    chosen = F.one_hot(torch.topk(probs, top_k, dim=-1).indices, num_experts).sum(1).float()  # (N, E)
+    scores = probs if expert_bias is None else probs + expert_bias.float()
+    chosen = F.one_hot(torch.topk(scores, top_k, dim=-1).indices, num_experts).sum(1).float()  # (N, E)
     mask = _token_mask(router_logits, attention_mask)
     if mask is None:
         fraction, mean_prob = chosen.mean(0), probs.mean(0)
@@ -364,9 +459,10 @@ def router_z_loss(router_logits: torch.Tensor, attention_mask=None) -> torch.Ten
     return z.mean() if mask is None else (z * mask).sum() / mask.sum().clamp(min=1)
 
 
-def expert_load(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+def expert_load(router_logits: torch.Tensor, top_k: int, expert_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Fraction of one layer's routing slots that each expert received, shape (E,), summing to 1."""
-    index = torch.topk(router_logits, top_k, dim=-1).indices
+    scores = router_logits if expert_bias is None else F.softmax(router_logits.float(), -1) + expert_bias.float()
+    index = torch.topk(scores, top_k, dim=-1).indices
     return torch.bincount(index.flatten(), minlength=router_logits.shape[-1]).float() / index.numel()
 
 
@@ -433,6 +529,41 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Post-hoc calibration of the next-token distribution (fitted by `openllm calibrate`, stored in the config)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def beta_calibrate(logits: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+    """Beta calibration (Kull et al., 2017) of the top-1 probability p of softmax(logits): it becomes
+    p' = 1 / (1 + 1 / (e^c p^a / (1 - p)^b)) and the other tokens share 1 - p' in their old proportions. Returns the
+    log-probabilities of that distribution, which are valid logits (softmax gives them back)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = logprobs.argmax(-1, keepdim=True)
+    log_p = logprobs.gather(-1, top)
+    # ln(1 - p) from the other tokens' probabilities, which stays exact as p → 1
+    log_rest = torch.logsumexp(logprobs.scatter(-1, top, float("-inf")), dim=-1, keepdim=True)
+    z = c + a * log_p - b * log_rest  # logit of p'
+    rest_left = torch.isfinite(log_rest)  # a row whose other tokens have no probability at all stays as it is
+    shift = torch.where(rest_left, F.logsigmoid(-z) - log_rest, torch.zeros_like(log_rest))
+    new_top = torch.where(rest_left, F.logsigmoid(z), log_p)
+    return (logprobs + shift).scatter(-1, top, new_top).to(logits.dtype)
+
+
+def calibrate_logits(logits: torch.Tensor, temperature: float = 1.0, bias: Optional[torch.Tensor] = None,
+                     beta: Optional[list] = None) -> torch.Tensor:
+    """The calibration a config stores, in order: divide by `temperature`, add the per-token `bias` (Platt scaling),
+    beta-calibrate the top-1 probability (`beta = [a, b, c]`). A step at its default is skipped, so the logits of an
+    uncalibrated model are the output layer's own, bit for bit."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    if beta is not None:
+        logits = beta_calibrate(logits, *beta)
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -490,6 +621,8 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, OpenLLMTopKRouter):
             init.normal_(module.weight, mean=0.0, std=std)
+            if hasattr(module, "e_score_correction_bias"):
+                init.zeros_(module.e_score_correction_bias)
         elif isinstance(module, OpenLLMExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             _normal_or_zeros(module.down_proj, residual_std)
@@ -507,6 +640,31 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
                 if reset:
                     layer.mlp.expert_counts = None
         return load
+
+    @torch.no_grad()
+    def update_router_bias(self) -> None:
+        """One step of loss-free balancing (`router_expert_bias`): each router's bias moves by
+        `router_bias_update_rate` up for the experts that received fewer than the mean number of tokens in training
+        since the last call, down for the others. Call it after every optimizer step, as openllm's trainers do; eval
+        and generation count no tokens, so they never move it.
+
+        Under torch.distributed the counts are summed over ranks first (one all-reduce), so every rank applies the
+        same update and the biases stay identical; every rank must call it.
+        """
+        routers = [layer.mlp.gate for layer in self.base_model.layers
+                   if layer.is_moe and hasattr(layer.mlp.gate, "e_score_correction_bias")]
+        if not routers:
+            return
+        device = routers[0].e_score_correction_bias.device
+        load = torch.stack([torch.zeros(r.e_score_correction_bias.shape, device=device) if r.routed_tokens is None
+                            else r.routed_tokens.to(device, torch.float32) for r in routers])  # (layers, E)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
+        # a sign step: the same size however skewed the load, and none for a layer that routed nothing
+        step = torch.sign(load.mean(-1, keepdim=True) - load) * self.config.router_bias_update_rate
+        for router, delta in zip(routers, step):
+            router.e_score_correction_bias.add_(delta.to(router.e_score_correction_bias))
+            router.routed_tokens = None
 
 
 class OpenLLMModel(OpenLLMPreTrainedModel):
@@ -632,6 +790,23 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def _calibration_bias(self, logits):
+        """`config.logits_bias` as a tensor beside `logits`, converted once per list (assign a new list to change
+        it), device and dtype rather than at every decoding step."""
+        bias = self.config.logits_bias
+        if bias is None:
+            return None
+        cached = getattr(self, "_calibration_bias_cache", None)
+        if (cached is None or cached[0] is not bias or cached[1].device != logits.device
+                or cached[1].dtype != logits.dtype):
+            cached = (bias, torch.tensor(bias, dtype=logits.dtype, device=logits.device))
+            self._calibration_bias_cache = cached
+        if cached[1].shape[-1] != logits.shape[-1]:
+            raise ValueError(f"config.logits_bias (Platt scaling from `openllm calibrate`) has {cached[1].shape[-1]} "
+                             f"values but the model predicts {logits.shape[-1]} tokens (were its embeddings "
+                             "resized?); calibrate it again, or set logits_bias to None.")
+        return cached[1]
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -682,8 +857,9 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         if self.config.final_logit_softcapping:  # cap * tanh(logits / cap): no logit grows past ±cap (Gemma 2)
             cap = self.config.final_logit_softcapping
             logits = torch.tanh(logits / cap) * cap
-        if self.config.logits_temperature != 1.0:  # temperature scaling fitted by `openllm calibrate`
-            logits = logits / self.config.logits_temperature
+        # temperature, Platt or beta scaling fitted by `openllm calibrate`; none by default
+        logits = calibrate_logits(logits, self.config.logits_temperature, self._calibration_bias(logits),
+                                  self.config.beta_calibration)
 
         loss = aux_loss = None
         if labels is not None:
@@ -691,7 +867,10 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
                                       num_items_in_batch=num_items_in_batch)
         if outputs.router_logits:
             k = self.config.num_experts_per_tok
-            aux_loss = torch.stack([load_balancing_loss(r, k, attention_mask) for r in outputs.router_logits]).mean()
+            biases = [getattr(layer.mlp.gate, "e_score_correction_bias", None)
+                      for layer in self.model.layers if layer.is_moe]
+            aux_loss = torch.stack([load_balancing_loss(r, k, attention_mask, b)
+                                    for r, b in zip(outputs.router_logits, biases)]).mean()
             if loss is not None and self.training:
                 z_loss = torch.stack([router_z_loss(r, attention_mask) for r in outputs.router_logits]).mean()
                 loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)

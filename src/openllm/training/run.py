@@ -361,7 +361,7 @@ def _expert_load_source(model):
 
 class RunTrainerMixin:
     """Mixed in front of a transformers/TRL Trainer (see `with_run_layer`): staged checkpoints, exact resume,
-    expert-load logs, and no false alarm about tied weights on resume.
+    expert-load logs, loss-free expert balancing, and no false alarm about tied weights on resume.
 
     `run_state` is saved with every checkpoint; stages put what they measured before training in
     `run_state["initial_metrics"]`."""
@@ -381,7 +381,14 @@ class RunTrainerMixin:
             def on_train_begin(self, args, state, control, **kwargs):
                 trainer._restore_accumulators()
 
+        class BalanceExperts(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):  # after each optimizer step, on every rank
+                source = _expert_load_source(trainer.model)
+                if source is not None and hasattr(source, "update_router_bias"):
+                    source.update_router_bias()
+
         self.add_callback(RestoreAccumulators)
+        self.add_callback(BalanceExperts)
 
     # -- training -----------------------------------------------------------------------------------------------------
 

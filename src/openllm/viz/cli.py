@@ -26,7 +26,8 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="picture", required=True, metavar="PICTURE")
     for name, help_text, text_flag in (
         ("attention", "attention weights per layer and head, as heatmaps (PNG)", "--prompt"),
-        ("experts", "the experts each token was routed to in every MoE layer (PNG)", "--prompt"),
+        ("experts", "the experts each token was routed to in every MoE layer, beside each expert's load and "
+                    "routing bias (PNG)", "--prompt"),
         ("confidence", "each token coloured by the probability the model gave it (HTML or PNG)", "--text"),
     ):
         p = sub.add_parser(name, help=help_text)
