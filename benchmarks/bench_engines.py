@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "src"))
 
-from bench_serve import NEW_TOKENS, make_model, process_cpu_seconds, prompts  # noqa: E402
+from bench_serve import NEW_TOKENS, concurrently, make_model, process_cpu_seconds, prompts  # noqa: E402
 
 THREADS = 2  # the machine's cores; `--threads 1` for one
 ROUNDS = 5
@@ -264,21 +263,14 @@ def load(url: str, clients: int, per_client: int, extra_body: dict) -> dict:
     texts = prompts(clients * per_client)
     results: list[dict] = []
 
-    def client(index: int):
+    def client(index: int, http):
         for j in range(per_client):
             try:
-                results.append(stream_completion(https[index], texts[index * per_client + j], extra_body))
+                results.append(stream_completion(http, texts[index * per_client + j], extra_body))
             except httpx.HTTPError as e:
                 results.append({"error": repr(e)})
 
-    # clients exist before the clock starts (building one costs the benchmark's own CPU)
-    https = [httpx.Client(base_url=url, timeout=600) for _ in range(clients)]
-    with ThreadPoolExecutor(clients) as pool:
-        started = time.perf_counter()
-        list(pool.map(client, range(clients)))
-        wall = time.perf_counter() - started
-    for http in https:
-        http.close()
+    wall = concurrently(url, clients, client)
     ok = [r for r in results if "error" not in r]
     tokens = sum(r["tokens"] for r in ok)
     return {"wall": wall, "tokens": tokens, "tokens_per_s": tokens / wall,

@@ -73,14 +73,12 @@ def start_server(folder: Path):
 
 
 def load(url: str, clients: int, per_client: int, sampling: Optional[dict] = None) -> dict:
-    import httpx
 
     texts = prompts(clients * per_client)
     latencies, tokens, errors = [], [], 0
 
-    def client(index: int):
+    def client(index: int, http):
         nonlocal errors
-        http = https[index]
         for j in range(per_client):
             body = {"inputs": texts[index * per_client + j],
                     "parameters": {"max_new_tokens": NEW_TOKENS, "details": True, **(sampling or {})}}
@@ -92,19 +90,27 @@ def load(url: str, clients: int, per_client: int, sampling: Optional[dict] = Non
             latencies.append(time.perf_counter() - started)
             tokens.append(response.json()["details"]["generated_tokens"])
 
-    # clients exist before the clock starts: building one (its TLS context) takes ~20 ms of the benchmark's own
-    # CPU, which 16 of them would bill to the server
-    https = [httpx.Client(base_url=url, timeout=300) for _ in range(clients)]
-    with ThreadPoolExecutor(clients) as pool:
-        started = time.perf_counter()
-        list(pool.map(client, range(clients)))
-        wall = time.perf_counter() - started
-    for http in https:
-        http.close()
+    wall = concurrently(url, clients, client)
     latencies.sort()
     return {"clients": clients, "requests": clients * per_client, "errors": errors, "tokens": sum(tokens),
             "tokens_per_s": sum(tokens) / wall, "p50": statistics.median(latencies),
             "p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]}
+
+
+def concurrently(url: str, clients: int, work, timeout: float = 600) -> float:
+    """Run `work(index, http)` for `clients` clients at once, each on its own connection; the wall time in seconds."""
+    import httpx
+
+    # clients exist before the clock starts: building one (its TLS context) takes ~20 ms of the benchmark's own
+    # CPU, which 16 of them would bill to the server
+    https = [httpx.Client(base_url=url, timeout=timeout) for _ in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        started = time.perf_counter()
+        list(pool.map(work, range(clients), https))
+        wall = time.perf_counter() - started
+    for http in https:
+        http.close()
+    return wall
 
 
 def process_cpu_seconds(pid: int) -> float:
