@@ -116,7 +116,7 @@ def test_vllm_transformers_backend_decodes_as_transformers(kind, request):
         from safetensors.torch import load_file
 
         biases = [v for k, v in load_file(folder / "model.safetensors").items() if "e_score_correction_bias" in k]
-        assert len(biases) == 2 and all(b.abs().max() > 0.05 for b in biases)  # a bias that changes choices
+        assert len(biases) == 2 and all(b.abs().max() >= 0.04 for b in biases)  # a bias that changes choices
     expected = transformers_greedy(folder)
     assert len({tuple(t) for t in expected}) > 1  # a trained model: the prompts lead to different text
     assert vllm_greedy(folder, "transformers") == expected
