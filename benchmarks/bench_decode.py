@@ -1,4 +1,9 @@
-"""Prefix caching and speculative decoding in `openllm serve`, each against the same server without it.
+"""Packed weights, prefix caching and speculative decoding in `openllm serve`, each against the same server without
+it.
+
+- Packed weights: the `small` preset (random weights) with its linear layers run from oneDNN-packed copies of their
+  weights (the default on CPU) and with `--no-pack-weights`: batch-1 decoding (one client, requests one after another),
+  16 concurrent clients, and time to first token of a 1,000-token prompt. Two servers answer alternately.
 
 - Prefix caching: time to first token of requests that share a 1,000-token prefix (a long system prompt), each with
   its own question after it, on the `small` preset (random weights; the time does not depend on what they learned).
@@ -22,6 +27,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PACK_ROUNDS = 5
+PACK_NEW_TOKENS = 64
 PREFIX_TOKENS = 1000
 PREFIX_REQUESTS = 12
 SPEC_TOKENS = 8
@@ -58,13 +65,52 @@ def alternate(urls: dict, prompts: list[str], max_tokens: int) -> dict:
     return results
 
 
+def long_prefix(tokenizer) -> str:
+    """About `PREFIX_TOKENS` tokens of Python source."""
+    text = (Path(os.__file__).parent / "argparse.py").read_text()
+    return tokenizer.decode(tokenizer(text)["input_ids"][:PREFIX_TOKENS])
+
+
+def packed_weights(tmp: Path) -> dict:
+    """Rounds alternating the two servers (order swapped every round): 4 requests from one client, 16 concurrent
+    clients, and two 1,000-token prompts; medians over rounds of tokens/s and of time to first token."""
+    import httpx
+    from bench_serve import concurrently, make_model, prompts
+
+    folder = tmp / "small"
+    _, tokenizer = make_model(folder)
+    texts, prefix = prompts(16), long_prefix(tokenizer)
+
+    def stream_all(http, indices):
+        for i in indices:
+            complete(http, texts[i], PACK_NEW_TOKENS)
+
+    results = {name: {"1 client": [], "16 clients": [], "ttft": []} for name in ("packed", "not packed")}
+    with ExitStack() as stack:
+        # no prefix cache: the long prompts share their first 1,000 tokens
+        urls = {"packed": stack.enter_context(start(folder, "--prefix-cache-mb", "0")).url,
+                "not packed": stack.enter_context(start(folder, "--prefix-cache-mb", "0", "--no-pack-weights")).url}
+        clients = {name: httpx.Client(base_url=url, timeout=600) for name, url in urls.items()}
+        for url in urls.values():  # warm-up
+            concurrently(url, 16, lambda i, http: stream_all(http, [i]))
+        for r in range(PACK_ROUNDS):
+            for name in (list(urls) if r % 2 == 0 else list(urls)[::-1]):
+                url = urls[name]
+                wall = concurrently(url, 1, lambda i, http: stream_all(http, range(4)))
+                results[name]["1 client"].append(4 * PACK_NEW_TOKENS / wall)
+                wall = concurrently(url, 16, lambda i, http: stream_all(http, [i]))
+                results[name]["16 clients"].append(16 * PACK_NEW_TOKENS / wall)
+                results[name]["ttft"] += [complete(clients[name], f"{prefix}\n# Round {r}, prompt {k}:\n", 1)[0]
+                                          for k in range(2)]
+    return {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
+
+
 def prefix_caching(tmp: Path) -> dict:
     from bench_serve import make_model
 
     folder = tmp / "small"
     _, tokenizer = make_model(folder)
-    text = (Path(os.__file__).parent / "argparse.py").read_text()
-    prefix = tokenizer.decode(tokenizer(text)["input_ids"][:PREFIX_TOKENS])
+    prefix = long_prefix(tokenizer)
     prompts = [f"{prefix}\n# Question {i}: what does the code above do with option {i}?\n"
                for i in range(PREFIX_REQUESTS + 1)]
     with ExitStack() as stack:
@@ -127,12 +173,25 @@ def main(write_readme: bool = False):
     from readme import machine_description, write_section
 
     with tempfile.TemporaryDirectory() as tmp:
+        packed = packed_weights(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
         prefix = prefix_caching(Path(tmp))
     spec = speculative()
     load_average = os.getloadavg()[0]
     markdown = "\n".join([
-        f"Prefix caching and speculative decoding ({machine_description()}; one torch thread per server; 1-minute "
-        f"load average at the end {load_average:.1f} on {os.cpu_count()} cores).",
+        f"Packed weights, prefix caching and speculative decoding ({machine_description()}; one torch thread per "
+        f"server; 1-minute load average at the end {load_average:.1f} on {os.cpu_count()} cores).",
+        "",
+        f"Linear layers from oneDNN-packed weights (the default on CPU) against `--no-pack-weights` (`small` preset, "
+        f"random weights; {PACK_NEW_TOKENS} greedy tokens per request; medians of {PACK_ROUNDS} rounds, servers "
+        "alternating; time to first token of a 1,000-token prompt, `max_tokens` 1; prefix cache off in both):",
+        "",
+        "| weights | tokens/s, 1 client | tokens/s, 16 clients | time to first token, 1,000-token prompt (s) |",
+        "|---|---|---|---|",
+        *[f"| {name} | {r['1 client']:.0f} | {r['16 clients']:.0f} | {r['ttft']:.3f} |" for name, r in packed.items()],
+        f"| packed / not packed | {packed['packed']['1 client'] / packed['not packed']['1 client']:.2f}x | "
+        f"{packed['packed']['16 clients'] / packed['not packed']['16 clients']:.2f}x | "
+        f"{packed['not packed']['ttft'] / packed['packed']['ttft']:.2f}x faster |",
         "",
         f"Time to first token with a shared {PREFIX_TOKENS:,}-token prefix (`small` preset, random weights, "
         f"{prefix['prompt_tokens']:,}-token prompts, a different question after the prefix each time; median of "
@@ -155,7 +214,7 @@ def main(write_readme: bool = False):
     print(markdown)
     if write_readme:
         write_section("decode", markdown)
-    return prefix, spec
+    return packed, prefix, spec
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_model import make_tiny_model
 
-from openllm.serving.engine import Engine, SamplingParams, Sequence, sample
+from openllm.serving.engine import Engine, SamplingParams, Sequence, pack_linear_weights, sample
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,9 @@ def test_batched_greedy_equals_generate(tiny, attention):
     model, tokenizer = tiny
     prompts = ["hello world", "the quick brown fox jumps over", "a", "serving models is fun and the lazy dog"]
     lengths = [12, 20, 5, 16]  # different lengths: rows leave the batch at different steps
-    model = copy.deepcopy(model)
-    model.set_attn_implementation(attention)
+    model, reference = copy.deepcopy(model), copy.deepcopy(model)  # the engine packs its model's weights
+    for m in (model, reference):
+        m.set_attn_implementation(attention)
     engine = Engine(model, tokenizer, max_batch_size=8).start()
     try:
         assert engine._sdpa_mask == (attention == "sdpa")
@@ -41,12 +42,29 @@ def test_batched_greedy_equals_generate(tiny, attention):
                                 for p, n in zip(prompts, lengths)])
     finally:
         engine.stop()
+    assert hasattr(model.lm_head, "_packed_weight") and not hasattr(reference.lm_head, "_packed_weight")
     for prompt, n, seq in zip(prompts, lengths, seqs):
         enc = tokenizer(prompt, return_tensors="pt")
-        expected = model.generate(**enc, max_new_tokens=n, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+        expected = reference.generate(**enc, max_new_tokens=n, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
         assert seq.generated == expected
         assert seq.text == tokenizer.decode(expected, skip_special_tokens=True)
         assert seq.finish_reason == ("eos_token" if expected[-1] == tokenizer.eos_token_id else "length")
+
+
+def test_packed_weights_change_the_layout_only(tiny):
+    model, reference = copy.deepcopy(tiny[0]), tiny[0]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert pack_linear_weights(model) == len(linears) == 15  # 7 per layer and the output head
+    assert pack_linear_weights(model) == 0  # packed once
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied weights stay tied
+    state, expected = model.state_dict(), reference.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    with torch.inference_mode():
+        logits, reference_logits = model(ids).logits, reference(ids).logits
+    torch.testing.assert_close(logits, reference_logits, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(logits, torch.zeros_like(logits))
+    assert pack_linear_weights(copy.deepcopy(reference).to(torch.bfloat16)) == 0  # float32 only
 
 
 def test_seeded_sampling_is_independent_of_the_batch(tiny):
