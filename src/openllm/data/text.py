@@ -16,6 +16,22 @@ from .corpus import FILE_BUILDERS
 PLAIN_TEXT = (".txt", ".md")
 
 
+def add_text_arguments(parser, dataset_help: str, required: bool = True) -> None:
+    """`--dataset` and how to read texts from it, for the commands that read texts (`load_args_texts`)."""
+    parser.add_argument("--dataset", required=required,
+                        help=f"{dataset_help}: a .txt/.jsonl/.json/.csv/.parquet file, a folder or Hub id")
+    parser.add_argument("--dataset-config", help="Hub dataset configuration, e.g. wikitext-2-raw-v1")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--split", help="default: the first of validation, test, train that exists")
+    parser.add_argument("--max-samples", type=int, help="use only the first N non-empty texts")
+
+
+def load_args_texts(args) -> tuple[list[str], str]:
+    """`load_eval_texts` with the arguments of `add_text_arguments`."""
+    return load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
+                           dataset_config=args.dataset_config, max_samples=args.max_samples)
+
+
 def load_eval_texts(
     dataset: str,
     *,

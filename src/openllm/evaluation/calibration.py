@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import atomic
-from ..data.text import load_eval_texts
+from ..data.text import add_text_arguments, load_args_texts
 from ..models.loading import add_loading_arguments, load_causal_lm
 from ..models.modeling_openllm import calibrate_logits
 from .metrics import NUM_BINS, brier_per_row, draw_reliability, expected_calibration_error, reliability_bins
@@ -469,12 +469,7 @@ def write_calibrated_folder(source, output, report: dict) -> Path:
 
 def add_arguments(parser):
     parser.add_argument("model", help="OpenLLM model folder (save_pretrained + tokenizer)")
-    parser.add_argument("--dataset", required=True, help="held-out texts: a .txt/.jsonl/.json/.csv/.parquet file, a "
-                        "folder or Hub id (not the training data)")
-    parser.add_argument("--dataset-config", help="Hub dataset configuration, e.g. wikitext-2-raw-v1")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--split", help="default: the first of validation, test, train that exists")
-    parser.add_argument("--max-samples", type=int, help="use only the first N non-empty texts")
+    add_text_arguments(parser, "held-out texts (not the training data)")
     parser.add_argument("--methods", default=",".join(METHODS[1:]),
                         help="candidates, comma-separated, besides no calibration (default: %(default)s); the "
                              "lowest cross-validated NLL wins")
@@ -503,8 +498,7 @@ def run(args) -> int:
     if args.max_samples is not None and args.max_samples < 3:
         raise ValueError(f"--max-samples must be at least 3, got {args.max_samples}.")
     methods = check_methods(args.methods)  # before loading anything
-    texts, _ = load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
-                               dataset_config=args.dataset_config, max_samples=args.max_samples)
+    texts, _ = load_args_texts(args)
     model, tokenizer = load_causal_lm(args.model, device=args.device, dtype="float32", revision=args.revision,
                                       trust_remote_code=args.trust_remote_code)
     report = calibrate_model(model, tokenizer, texts, methods=methods, folds=args.folds,

@@ -5,7 +5,8 @@
     openllm eval MODEL --tasks openllm_heldout,hellaswag --answers openllm:mix --output-dir MODEL
 
 - `--dataset`: perplexity, bits per byte, calibration and samples on held-out texts (`perplexity`);
-- `--ensemble`: epistemic vs aleatoric uncertainty on the same texts (`uncertainty`);
+- `--ensemble`, or a model with an epistemic head (`openllm epistemic-head`): epistemic vs aleatoric uncertainty on
+  the same texts (`uncertainty`);
 - `--tasks`: lm-evaluation-harness tasks (`harness`);
 - `--answers`: answer accuracy and selective prediction on checkable questions (`answers`).
 Results of a run without `--dataset` join the held-out numbers already in `--output-dir`.
@@ -15,13 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.text import load_eval_texts
+from ..data.text import add_text_arguments, load_args_texts
 from ..models.loading import add_loading_arguments, load_causal_lm
 from ..versions import framework_versions
 from .answers import RISK_COVERAGE_FILE, evaluate_answers, save_risk_coverage, synthetic_questions
 from .harness import format_lm_eval, run_lm_eval
 from .perplexity import RELIABILITY_FILE, RESULTS_FILE, evaluate_model, save_plot, save_results
-from .uncertainty import ensemble_uncertainty, load_ensemble
+from .uncertainty import ensemble_uncertainty, head_uncertainty, load_ensemble
 
 
 def format_results(results: dict) -> str:
@@ -31,7 +32,8 @@ def format_results(results: dict) -> str:
         lines = _format_metrics(results)
     if "uncertainty" in results:
         u = results["uncertainty"]
-        lines += ["", f"uncertainty (ensemble of {u['members']}, nats/token): total {u['total']:.4f} = aleatoric "
+        source = f"ensemble of {u['members']}" if "members" in u else f"epistemic head, {u['samples']} indices"
+        lines += ["", f"uncertainty ({source}, nats/token): total {u['total']:.4f} = aleatoric "
                   f"{u['aleatoric']:.4f} + epistemic {u['epistemic']:.4f}"]
     if "lm_eval" in results:
         lines.append(format_lm_eval(results["lm_eval"]))
@@ -75,11 +77,7 @@ def save(results: dict, output_dir) -> Path:
 
 def add_arguments(parser):
     parser.add_argument("model", help="model folder (save_pretrained + tokenizer) or Hub id")
-    parser.add_argument("--dataset", help="held-out texts: a .txt/.jsonl/.json/.csv/.parquet file, a folder or Hub id")
-    parser.add_argument("--dataset-config", help="Hub dataset configuration, e.g. wikitext-2-raw-v1")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--split", help="default: the first of validation, test, train that exists")
-    parser.add_argument("--max-samples", type=int, help="evaluate only the first N non-empty texts")
+    add_text_arguments(parser, "held-out texts", required=False)
     parser.add_argument("--block-size", type=int, help="tokens per window (default: the model's context, ≤ 2048)")
     parser.add_argument("--stride", type=int, help="new tokens scored per window (default: block size / 2)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -113,8 +111,7 @@ def run(args) -> int:
             raise ValueError(f"--max-samples must be at least 1, got {args.max_samples}.")
         texts = None
         if args.dataset is not None:
-            texts, split = load_eval_texts(args.dataset, text_column=args.text_column, split=args.split,
-                                           dataset_config=args.dataset_config, max_samples=args.max_samples)
+            texts, split = load_args_texts(args)
         model, tokenizer = load_causal_lm(args.model, device=args.device, dtype=args.dtype, revision=args.revision,
                                           trust_remote_code=args.trust_remote_code)
         if texts is not None:
@@ -137,6 +134,9 @@ def run(args) -> int:
             results["uncertainty"] = ensemble_uncertainty(members, tokenizer, texts, block_size=args.block_size,
                                                           stride=args.stride, batch_size=args.batch_size)
             results["uncertainty"]["ensemble"] = [args.model] + args.ensemble
+        elif texts is not None and getattr(model, "epistemic_head", None) is not None:
+            results["uncertainty"] = head_uncertainty(model, tokenizer, texts, block_size=args.block_size,
+                                                      stride=args.stride, batch_size=args.batch_size)
         if args.tasks is not None:
             # `openllm_heldout` scores the same texts as `--dataset` (a local file), so the two can be compared
             metadata = {"data_files": args.dataset, "text_column": args.text_column} \

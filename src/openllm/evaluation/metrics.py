@@ -86,3 +86,11 @@ def plot_reliability_diagram(bins: list[dict], path, title: str = "Next-token ca
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def auroc(negatives, positives) -> float:
+    """Area under the ROC curve of a score that should be higher for `positives`: the probability that a random
+    positive outscores a random negative, ties counting half (the Mann-Whitney U statistic, normalised)."""
+    negatives, positives = torch.as_tensor(negatives).double(), torch.as_tensor(positives).double()
+    wins = (positives[:, None] > negatives[None, :]).double() + 0.5 * (positives[:, None] == negatives[None, :])
+    return float(wins.mean())

@@ -1,13 +1,15 @@
-"""Epistemic vs aleatoric uncertainty of next-token predictions, from an ensemble of checkpoints.
+"""Epistemic vs aleatoric uncertainty of next-token predictions, from an ensemble of checkpoints or, in one forward
+pass, from a model's epistemic head (`head_uncertainty`; `openllm epistemic-head` adds one, see `epistemic.py`).
 
     openllm eval MODEL --dataset held_out.jsonl --ensemble MODEL-seed1 --ensemble MODEL-seed2
+    openllm eval MODEL-with-head --dataset held_out.jsonl
 
 For every scored token, with p_m the next-token distribution of member m and p̄ their mean:
 - total uncertainty     H[p̄]                  (entropy of the ensemble's prediction)
 - aleatoric             mean_m H[p_m]         (expected entropy: what every member finds ambiguous in the data)
 - epistemic             H[p̄] - mean_m H[p_m]  (mutual information between the prediction and the member: how much
                                                 the members disagree, which more training data would reduce)
-all in nats, averaged over tokens and, per text, in `sequences`.
+all in nats, averaged over tokens and, per text, in `sequences`. The head's random index z plays the member's part.
 
 Why an ensemble of checkpoints (deep ensembles, Lakshminarayanan et al., 2017): it works on any OpenLLM checkpoint
 with no change to the model; members can be independent runs (different seeds or data orders) or, at no extra
@@ -25,6 +27,42 @@ from ..models.loading import load_causal_lm
 from .perplexity import batch_tensors, prepare_windows
 
 
+def scored_batches(model, tokenizer, texts, *, block_size=None, stride=None, batch_size: int = 8):
+    """`openllm eval`'s windows of `texts`, in batches: (input_ids, attention_mask, scored, owner, targets), where
+    `scored` marks the positions that predict a token, and `owner` and `targets` give, for each of those, the index
+    of its text and the token it predicts."""
+    _, windows, *_ = prepare_windows(model, tokenizer, texts, block_size, stride)
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i:i + batch_size]
+        input_ids, attention_mask, targets = batch_tensors(batch)
+        scored = targets != -100
+        owner = torch.tensor([w[2] for w in batch])[:, None].expand_as(targets)[scored]
+        yield input_ids, attention_mask, scored, owner, targets[scored]
+
+
+def uncertainty_by_text(model, tokenizer, texts, token_uncertainty, **windows) -> dict:
+    """Token-averaged total, aleatoric and epistemic uncertainty, overall and per text under `sequences`;
+    `token_uncertainty(input_ids, attention_mask, scored)` gives them, (tokens, 3), where `scored` is True. `model`
+    only sets the windows (its context length)."""
+    owners, values = [], []
+    with torch.inference_mode():
+        for input_ids, attention_mask, scored, owner, _ in scored_batches(model, tokenizer, texts, **windows):
+            owners.append(owner)
+            values.append(token_uncertainty(input_ids, attention_mask, scored).double().cpu())
+    owners = torch.cat(owners)
+    sums = torch.zeros(int(owners.max()) + 1, 3, dtype=torch.float64).index_add_(0, owners, torch.cat(values))
+    counts = owners.bincount().double()
+    overall = sums.sum(0) / counts.sum()
+    return {
+        "tokens": int(counts.sum()),
+        "total": float(overall[0]),
+        "aleatoric": float(overall[1]),
+        "epistemic": float(overall[2]),
+        "sequences": [{"index": i, "tokens": int(n), "total": float(s[0] / n), "aleatoric": float(s[1] / n),
+                       "epistemic": float(s[2] / n)} for i, (s, n) in enumerate(zip(sums, counts))],
+    }
+
+
 def ensemble_uncertainty(models, tokenizer, texts, *, block_size=None, stride=None, batch_size: int = 8) -> dict:
     """Token-averaged total, aleatoric and epistemic uncertainty (nats) of the ensemble `models` (same tokenizer) on
     `texts`, with the same windows as `openllm eval`; plus the same three numbers per text under `sequences`."""
@@ -35,41 +73,50 @@ def ensemble_uncertainty(models, tokenizer, texts, *, block_size=None, stride=No
     if len(vocab) != 1:
         raise ValueError(f"Ensemble members have different vocabulary sizes {sorted(vocab)}; they must share one "
                          "tokenizer.")
-    texts, windows, *_ = prepare_windows(models[0], tokenizer, texts, block_size, stride)
-    sums = torch.zeros(len(texts), 3, dtype=torch.float64)  # total, aleatoric, epistemic
-    counts = torch.zeros(len(texts), dtype=torch.float64)
     for model in models:
         model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(windows), batch_size):
-            batch = windows[i:i + batch_size]
-            input_ids, attention_mask, targets = batch_tensors(batch)
-            scored = targets != -100
-            owner = torch.tensor([w[2] for w in batch])[:, None].expand_as(targets)[scored]
-            logprobs = torch.stack([
-                torch.log_softmax(m(input_ids=input_ids.to(m.device), attention_mask=attention_mask.to(m.device),
-                                    use_cache=False).logits[scored.to(m.device)].float().cpu(), dim=-1)
-                for m in models])  # (members, tokens, vocab)
-            member_entropy = -(logprobs.exp() * logprobs).sum(-1)  # (members, tokens)
-            mean_logprobs = torch.logsumexp(logprobs, 0) - math.log(len(models))
-            total = -(mean_logprobs.exp() * mean_logprobs).sum(-1)
-            aleatoric = member_entropy.mean(0)
-            # clamp: rounding can make a zero mutual information slightly negative
-            values = torch.stack([total, aleatoric, (total - aleatoric).clamp_min(0)], -1).double()
-            sums.index_add_(0, owner, values)
-            counts.index_add_(0, owner, torch.ones(len(owner), dtype=torch.float64))
-    overall = sums.sum(0) / counts.sum()
-    return {
-        "members": len(models),
-        "tokens": int(counts.sum()),
-        "total": float(overall[0]),
-        "aleatoric": float(overall[1]),
-        "epistemic": float(overall[2]),
-        "method": "ensemble of checkpoints: total H[mean p], aleatoric mean H[p_m], epistemic = their difference "
-                  "(mutual information), nats per token",
-        "sequences": [{"index": i, "tokens": int(n), "total": float(s[0] / n), "aleatoric": float(s[1] / n),
-                       "epistemic": float(s[2] / n)} for i, (s, n) in enumerate(zip(sums, counts))],
-    }
+
+    def token_uncertainty(input_ids, attention_mask, scored):
+        logprobs = torch.stack([
+            torch.log_softmax(m(input_ids=input_ids.to(m.device), attention_mask=attention_mask.to(m.device),
+                                use_cache=False).logits[scored.to(m.device)].float().cpu(), dim=-1)
+            for m in models])  # (members, tokens, vocab)
+        member_entropy = -(logprobs.exp() * logprobs).sum(-1)  # (members, tokens)
+        mean_logprobs = torch.logsumexp(logprobs, 0) - math.log(len(models))
+        total = -(mean_logprobs.exp() * mean_logprobs).sum(-1)
+        aleatoric = member_entropy.mean(0)
+        # clamp: rounding can make a zero mutual information slightly negative
+        return torch.stack([total, aleatoric, (total - aleatoric).clamp_min(0)], -1)
+
+    report = uncertainty_by_text(models[0], tokenizer, texts, token_uncertainty, block_size=block_size,
+                                  stride=stride, batch_size=batch_size)
+    return {"members": len(models), **report,
+            "method": "ensemble of checkpoints: total H[mean p], aleatoric mean H[p_m], epistemic = their difference "
+                      "(mutual information), nats per token"}
+
+
+def head_uncertainty(model, tokenizer, texts, *, block_size=None, stride=None, batch_size: int = 8,
+                     num_samples: int | None = None) -> dict:
+    """`ensemble_uncertainty`'s report from one model with an epistemic head (`openllm epistemic-head`): one forward
+    pass, then `num_samples` indices z (the config's by default) through the head alone."""
+    head = getattr(model, "epistemic_head", None)
+    if head is None:
+        raise ValueError("This model has no epistemic head; add one with `openllm epistemic-head MODEL --dataset "
+                         "TRAINING_TEXTS --output-dir OUT`, or pass ensemble members.")
+    model.eval()
+    index = head.sample_index(num_samples)
+
+    def token_uncertainty(input_ids, attention_mask, scored):
+        out = model(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                    use_cache=False, output_hidden_states=True)
+        scored = scored.to(model.device)
+        return head(head.features(out.hidden_states)[scored], out.logits[scored], index)
+
+    report = uncertainty_by_text(model, tokenizer, texts, token_uncertainty, block_size=block_size, stride=stride,
+                                  batch_size=batch_size)
+    return {"samples": len(index), **report,
+            "method": "epistemic head (epinet): total H[mean_z p_z], aleatoric mean_z H[p_z], epistemic = their "
+                      "difference (mutual information with the index z), nats per token"}
 
 
 def shuffled_texts(tokenizer, texts, seed: int = 0) -> list[str]:

@@ -10,6 +10,7 @@ and 4.57 as one module per expert (`block_sparse_moe.experts.{e}.w1/w2/w3`). Log
 
 import copy
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ..hub.paths import check_output_folder
 from ..models import OpenLLMConfig, OpenLLMForCausalLM
 from ..models.configuration_openllm import ROPE_TYPES
 from ..models.loading import load_config, load_model
+
+logger = logging.getLogger(__name__)
 
 TARGETS = ("llama", "mixtral", "openllm")
 TOKENIZER_FILES = (
@@ -97,9 +100,18 @@ def check_no_calibration(config, target: str) -> None:
                          "temperature.")
 
 
+def note_dropped_epistemic_head(config, target: str) -> None:
+    """Say so when `target` leaves out the model's epistemic head (it only reads the logits, so they stay the same)."""
+    if getattr(config, "epistemic_head", None):
+        logger.warning(f"{target} has no place for this model's epistemic head, so it is left out: the logits are "
+                       "the same, but the split of uncertainty into aleatoric and epistemic parts stays with the "
+                       "OpenLLM checkpoint.")
+
+
 def llama_config(config):
     """`LlamaConfig` equivalent to a dense `OpenLLMConfig`."""
     check_no_calibration(config, "Llama")
+    note_dropped_epistemic_head(config, "Llama")
     if config.num_experts:
         raise ValueError(f"This is a Mixture-of-Experts model ({config.num_experts} experts); Llama is dense. "
                          "Convert it with `--to mixtral` instead.")
@@ -114,6 +126,7 @@ def llama_config(config):
 def mixtral_config(config):
     """`MixtralConfig` equivalent to an MoE `OpenLLMConfig` whose every layer is an MoE layer."""
     check_no_calibration(config, "Mixtral")
+    note_dropped_epistemic_head(config, "Mixtral")
     if not config.num_experts:
         raise ValueError("This is a dense model (num_experts=0); Mixtral is a Mixture-of-Experts architecture. "
                          "Convert it with `--to llama` instead.")
@@ -228,9 +241,14 @@ def _fuse_experts(state_dict, num_experts: int) -> dict:
     return out
 
 
+def _decoder_weights(model) -> dict:
+    """The state dict without the epistemic head, which Llama and Mixtral have no place for."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("epistemic_head.")}
+
+
 def to_llama(model):
     """`LlamaForCausalLM` with the weights of a dense `OpenLLMForCausalLM`."""
-    return _load(_build(LlamaForCausalLM, llama_config(model.config), model), model.state_dict())
+    return _load(_build(LlamaForCausalLM, llama_config(model.config), model), _decoder_weights(model))
 
 
 def from_llama(model):
@@ -241,7 +259,7 @@ def from_llama(model):
 def to_mixtral(model):
     """`MixtralForCausalLM` with the weights of an MoE `OpenLLMForCausalLM` (every layer MoE, renormalised top-k)."""
     target = _build(MixtralForCausalLM, mixtral_config(model.config), model)
-    state_dict = model.state_dict()
+    state_dict = _decoder_weights(model)
     if _per_expert_layout(target.state_dict()):
         state_dict = _unfuse_experts(state_dict)
     return _load(target, state_dict)

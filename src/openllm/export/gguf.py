@@ -19,7 +19,7 @@ from huggingface_hub import snapshot_download
 from .. import atomic
 from ..models.loading import load_causal_lm
 from ..models.modeling_openllm import rope_inverse_frequencies
-from .convert import check_no_calibration
+from .convert import check_no_calibration, note_dropped_epistemic_head
 
 DTYPES = ("f32", "f16", "q8_0")
 
@@ -71,6 +71,7 @@ def _check_llama_compatible(config) -> None:
         raise ValueError(f"`openllm export gguf` converts OpenLLM models, not {config.model_type!r}. For other "
                          "architectures use llama.cpp's convert_hf_to_gguf.py.")
     check_no_calibration(config, "GGUF (llama.cpp)")
+    note_dropped_epistemic_head(config, "GGUF (llama.cpp)")
     reasons = config.llama_incompatibilities()
     if reasons:
         raise ValueError(f"llama.cpp's llama architecture cannot compute this model's function: {'; '.join(reasons)}. "

@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from .. import atomic, models
 from ..hub.paths import check_output_folder
 from ..models.loading import RemoteCodeError, check_model_path, load_config
+from .convert import note_dropped_epistemic_head
 
 ONNX_FILE = "model.onnx"
 QUANTIZED_ONNX_FILE = "model_quantized.onnx"
@@ -171,6 +172,7 @@ def export_onnx(
         # optimum tells the library from the class's module: it must come from transformers' remote-code loader
         raise ValueError(f"{model_path} has no modeling code (`auto_map` in config.json). Load it with openllm "
                          "installed and `save_pretrained` it again, which writes the code next to the weights.")
+    note_dropped_epistemic_head(config, "The ONNX graph")
     # optimum runs the checkpoint's own code: allowed when it is openllm's, or when the user trusts it
     runs_trusted_code = trust_remote_code or check_own_code(model_path)
     output_dir = Path(output_dir)

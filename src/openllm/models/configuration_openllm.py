@@ -7,6 +7,8 @@ a checkpoint and anyone can load it with `trust_remote_code=True`, without insta
 from transformers import PretrainedConfig
 
 ROPE_TYPES = ("default", "linear", "llama3")
+# the epistemic head's settings, each one's default (see `epistemic_head` below)
+EPISTEMIC_HEAD_DEFAULTS = {"index_dim": 8, "hidden_size": 64, "top_k": 16, "prior_scale": 4.0, "num_samples": 16}
 
 
 class OpenLLMConfig(PretrainedConfig):
@@ -70,6 +72,12 @@ class OpenLLMConfig(PretrainedConfig):
             identity (modded-nanogpt). Changes only the initialisation.
         final_logit_softcapping (`float`, *optional*): squash the logits into (-cap, cap) with `cap * tanh(logits /
             cap)` (Gemma 2). Llama cannot express it.
+        epistemic_head (`dict`, *optional*): add an epinet (`OpenLLMEpistemicHead`) that splits each prediction's
+            uncertainty into aleatoric and epistemic parts in the same forward pass; null (the default) adds nothing.
+            Keys, each optional: `index_dim` (8, size of the random index z), `hidden_size` (64, width of its two
+            small networks), `top_k` (16, tokens whose logits it perturbs; the rest move as one), `prior_scale` (4.0,
+            size of the fixed random prior's perturbation), `num_samples` (16, indices z averaged over). It never
+            changes the logits; `openllm epistemic-head` trains it with the model frozen. Converters drop it.
     """
 
     model_type = "openllm"
@@ -125,6 +133,7 @@ class OpenLLMConfig(PretrainedConfig):
         qk_norm=False,
         zero_init_output_projections=False,
         final_logit_softcapping=None,
+        epistemic_head=None,
         pad_token_id=None,
         bos_token_id=1,
         eos_token_id=2,
@@ -169,6 +178,7 @@ class OpenLLMConfig(PretrainedConfig):
         self.qk_norm = qk_norm
         self.zero_init_output_projections = zero_init_output_projections
         self.final_logit_softcapping = final_logit_softcapping
+        self.epistemic_head = None if epistemic_head is None else {**EPISTEMIC_HEAD_DEFAULTS, **epistemic_head}
         self._validate()
         super().__init__(
             pad_token_id=pad_token_id,
@@ -224,6 +234,14 @@ class OpenLLMConfig(PretrainedConfig):
         cap = self.final_logit_softcapping
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             fail(f"`final_logit_softcapping` must be a positive number (or null for no capping), got {cap!r}.")
+        head = self.epistemic_head
+        if head is not None:
+            unknown = sorted(set(head) - set(EPISTEMIC_HEAD_DEFAULTS))
+            if unknown:
+                fail(f"`epistemic_head` has unknown keys {unknown}; it takes {sorted(EPISTEMIC_HEAD_DEFAULTS)}.")
+            sizes = ("index_dim", "hidden_size", "top_k", "num_samples")
+            if any(not isinstance(head[k], int) or head[k] < 1 for k in sizes) or not head["prior_scale"] > 0:
+                fail(f"`epistemic_head` needs positive integers {', '.join(sizes)} and prior_scale > 0, got {head}.")
         bad = [i for i in self.mlp_only_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             fail(f"`mlp_only_layers` has indices outside [0, {self.num_hidden_layers}): {bad}.")

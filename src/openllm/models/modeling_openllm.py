@@ -25,7 +25,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
-from .configuration_openllm import OpenLLMConfig
+from .configuration_openllm import EPISTEMIC_HEAD_DEFAULTS, OpenLLMConfig
 
 try:  # transformers >= 5: init helpers that leave already-loaded tensors alone
     from transformers import initialization as init
@@ -564,6 +564,105 @@ def calibrate_logits(logits: torch.Tensor, temperature: float = 1.0, bias: Optio
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Epistemic head: total, aleatoric and epistemic uncertainty of each prediction in one forward pass (an epinet)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class OpenLLMEpistemicHead(nn.Module):
+    """An epinet (Osband et al., "Epistemic neural networks", 2023) on the model's hidden states h, read (detached)
+    at the embeddings, the middle layer and the last one: the last alone misses inputs that the model maps onto
+    familiar final states (numbers longer than it saw, in our tests).
+
+    For a random index z ~ N(0, I_D), the logits of the top-k tokens, and of the rest of the vocabulary as one bucket
+    (its tokens keep their proportions), move by z · (learnable(h) + prior(h)) / √D, where `prior` is a random
+    network that is never trained. With the model frozen, the learnable network is trained to make in-domain
+    predictions agree across z, which it can only do by cancelling the prior on hidden states like those it saw;
+    elsewhere the prior shows through and the predictions disagree. That disagreement, the mutual information between
+    the prediction and z, is the epistemic uncertainty; the mean entropy over z is the aleatoric part (deep ensembles'
+    decomposition, with z in place of the member). The mean move over z is zero and the head only reads the logits,
+    so the model's own predictions never change.
+
+    Perturbing k + 1 buckets instead of the whole vocabulary keeps it cheap and loses nothing: the tokens outside the
+    top k keep one distribution for every z, so their entropy adds P(rest) × its entropy to every z alike, and the
+    mutual information is exactly the buckets'.
+    """
+
+    def __init__(self, config: OpenLLMConfig):
+        super().__init__()
+        spec = {**EPISTEMIC_HEAD_DEFAULTS, **config.epistemic_head}  # an override in `from_pretrained` skips them
+        self.index_dim, self.num_samples = spec["index_dim"], spec["num_samples"]
+        self.prior_scale = spec["prior_scale"]
+        self.top_k = min(spec["top_k"], config.vocab_size - 1)  # at least one token left for the rest
+        self.layers = (0, config.num_hidden_layers // 2, config.num_hidden_layers)  # indices into hidden_states
+        features, width = len(self.layers) * config.hidden_size, spec["hidden_size"]
+        out = self.index_dim * (self.top_k + 1)
+        self.learnable_in = nn.Parameter(torch.empty(features, width))
+        self.learnable_out = nn.Parameter(torch.empty(width, out))
+        # buffers: part of the function, so saved and loaded with it, but never trained
+        self.register_buffer("prior_in", torch.empty(features, width))
+        self.register_buffer("prior_out", torch.empty(width, out))
+
+    def features(self, hidden_states) -> torch.Tensor:
+        """The states the head reads, (..., 3, hidden), from a forward pass's `hidden_states` (all layers')."""
+        return torch.stack([hidden_states[i] for i in self.layers], -2).detach()
+
+    def sample_index(self, num_samples: Optional[int] = None, seed: int = 0) -> torch.Tensor:
+        """(num_samples, D) indices z; the same ones for a seed, so that scores are reproducible."""
+        return torch.randn(num_samples or self.num_samples, self.index_dim,
+                           generator=torch.Generator().manual_seed(seed))
+
+    def buckets(self, logits: torch.Tensor):
+        """(bucket logits (..., k+1): the top-k log-probabilities then the rest's; the rest's own entropy (...); the
+        top-k token ids (..., k)). Three passes over the vocabulary (softmax, top-k, one product), the cost of the
+        predictive entropy alone."""
+        logits = logits.detach().float()
+        probs = logits.softmax(-1)
+        top_probs, ids = probs.topk(self.top_k, dim=-1)
+        top_logits = logits.gather(-1, ids)
+        log_z = top_logits[..., 0] - top_probs[..., 0].log()  # log-sum-exp of the logits, from the top token
+        expected_logit = (probs.unsqueeze(-2) @ logits.unsqueeze(-1))[..., 0, 0]  # sum_v p_v logit_v
+        # the rest's mass and mean logit from the whole minus the top k; a rest too small to resolve in float32
+        # weighs too little to matter
+        rest = (1 - top_probs.sum(-1)).clamp_min(1e-12)
+        rest_mean_logit = (expected_logit - (top_probs * top_logits).sum(-1)) / rest
+        rest_entropy = (log_z + rest.log() - rest_mean_logit).clamp_min(0)  # -sum q log q, q the rest's own shares
+        return torch.cat([top_logits - log_z[..., None], rest.log()[..., None]], -1), rest_entropy, ids
+
+    def index_log_probs(self, features: torch.Tensor, bucket_logits: torch.Tensor, index: torch.Tensor):
+        """Log-probabilities of the buckets under each index z of `index` (K, D): (K, ..., k+1)."""
+        h = features.detach().to(self.learnable_in.dtype)
+        h = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).flatten(-2)  # each layer at unit scale
+        inner = F.gelu(h @ torch.cat([self.learnable_in, self.prior_in], 1))  # both networks in one product
+        learned, prior = inner.chunk(2, -1)
+        directions = torch.cat([learned, prior * self.prior_scale], -1) @ torch.cat(
+            [self.learnable_out, self.prior_out], 0)
+        directions = directions.unflatten(-1, (self.index_dim, -1))  # (..., D, k+1)
+        shift = torch.einsum("zd,...dj->z...j", index.to(directions), directions) / math.sqrt(self.index_dim)
+        return torch.log_softmax(bucket_logits + shift.float(), -1)
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor, index: Optional[torch.Tensor] = None):
+        """Total, aleatoric and epistemic uncertainty (nats) of each prediction, stacked: (..., 3). `features`:
+        `self.features(output.hidden_states)` of a forward pass with `output_hidden_states=True`, `logits` its
+        logits (both may be indexed alike first, e.g. to the positions that matter)."""
+        index = self.sample_index() if index is None else index
+        bucket_logits, rest_entropy, _ = self.buckets(logits)
+        log_probs = self.index_log_probs(features, bucket_logits, index)  # (K, ..., k+1)
+
+        def entropy(lp):  # of the whole vocabulary: the buckets' plus P(rest) × the rest's own
+            return torch.special.entr(lp.exp()).sum(-1) + lp[..., -1].exp() * rest_entropy
+
+        aleatoric = entropy(log_probs).mean(0)
+        total = entropy(log_probs.logsumexp(0) - math.log(len(index)))
+        # clamp: rounding can make a zero mutual information slightly negative
+        return torch.stack([total, aleatoric, (total - aleatoric).clamp_min(0)], -1)
+
+    def target_buckets(self, top_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The bucket of each target token: its rank among the top k, or k (the rest)."""
+        hit = top_ids == targets[..., None]
+        return torch.where(hit.any(-1), hit.int().argmax(-1), self.top_k)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -626,6 +725,12 @@ class OpenLLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, OpenLLMExperts):
             init.normal_(module.gate_up_proj, mean=0.0, std=std)
             _normal_or_zeros(module.down_proj, residual_std)
+        elif isinstance(module, OpenLLMEpistemicHead):
+            # unit-variance layers (the prior's scale is `prior_scale`); the learnable output starts at zero, so the
+            # untrained head is the prior alone
+            for weight in (module.learnable_in, module.prior_in, module.prior_out):
+                init.normal_(weight, mean=0.0, std=weight.shape[0] ** -0.5)
+            init.zeros_(module.learnable_out)
         elif isinstance(module, OpenLLMRotaryEmbedding):
             # non-persistent, so never loaded; transformers 5 creates it on the meta device
             module.inv_freq = rope_inverse_frequencies(module.config).to(module.inv_freq.device)
@@ -775,6 +880,8 @@ class OpenLLMForCausalLM(OpenLLMPreTrainedModel, GenerationMixin):
         self.model = OpenLLMModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # off by default, and then no parameters and no work: the forward pass never calls it
+        self.epistemic_head = OpenLLMEpistemicHead(config) if config.epistemic_head else None
         self.loss_function = causal_lm_loss  # assign another loss function to replace it
         self.post_init()
 
@@ -954,6 +1061,7 @@ __all__ = [
     "OpenLLMModel",
     "OpenLLMForCausalLM",
     "OpenLLMForSequenceClassification",
+    "OpenLLMEpistemicHead",
     "load_balancing_loss",
     "router_z_loss",
     "expert_load",
